@@ -1,0 +1,64 @@
+import dataclasses
+
+import pytest
+
+from pipeline import config
+
+
+def test_every_registered_experiment_builds_and_validates():
+    names = config.registered_experiments()
+    assert {"attention_seq2seq/base", "attention_seq2seq/tiny"} <= set(names)
+    for name in names:
+        assert config.validate(config.get_experiment(name)) is not None
+
+
+def test_precedence_defaults_then_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  units: 128\n  attention: bahdanau\ntrain:\n  learning_rate: 0.01\n")
+    cfg = config.build_config(
+        "attention_seq2seq/base", str(path), "train.learning_rate=0.5,data.bucket_boundaries=8;80"
+    )
+    assert cfg.model.units == 128
+    assert cfg.model.attention == "bahdanau"
+    assert cfg.train.learning_rate == 0.5
+    assert cfg.data.bucket_boundaries == (8, 80)
+    assert cfg.model.embedding_dim == config.ModelConfig().embedding_dim
+
+
+def test_config_is_frozen():
+    cfg = config.get_experiment("attention_seq2seq/base")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.learning_rate = 1.0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.learning_rat=1", "unknown field 'learning_rat'"),
+        ("model.units=abc", "expected int"),
+        ("model.attention=dot", "model.attention='dot' is not one of"),
+        ("train.sampling_probability=1.5", "sampling_probability must be in [0, 1]"),
+        ("data.bucket_boundaries=8;16", "must be >= data.max_length+1"),
+        ("train.jit_compile=maybe", "expected true or false"),
+        ("units=3", "unknown field 'units'"),
+    ],
+)
+def test_bad_overrides_are_refused_with_the_field_named(override, message):
+    with pytest.raises(config.ConfigError, match=None) as error:
+        config.build_config("attention_seq2seq/base", params_override=override)
+    assert message in str(error.value)
+
+
+def test_yaml_round_trip_and_diff():
+    cfg = config.build_config("attention_seq2seq/tiny", params_override="model.units=48")
+    import yaml
+
+    again = config.from_dict(yaml.safe_load(config.to_yaml(cfg)))
+    assert again == cfg
+    base = config.get_experiment("attention_seq2seq/tiny")
+    assert config.diff(base, cfg) == ["model.units: 32 -> 48"]
+
+
+def test_unknown_experiment_lists_known_ones():
+    with pytest.raises(config.ConfigError, match="attention_seq2seq/base"):
+        config.get_experiment("nope")

@@ -1,0 +1,1 @@
+"""The absl-flagged trainer: model, input pipeline, distribution, training loop and export."""

@@ -1,0 +1,141 @@
+"""tf.data input: shards -> per-worker shard -> parse -> add BOS/EOS -> bucket -> pad -> prefetch.
+
+Every batch is padded to one of `bucket_boundaries`, so a jit-compiled step sees one shape per
+bucket. With `static_shapes` (TPU) every batch is padded to the last boundary, so the dataset's
+element spec itself is fully static.
+"""
+
+import tensorflow as tf
+
+from pipeline import config as config_lib
+from pipeline import features, paths
+from pipeline import vocab as vocab_lib
+
+SOURCE_IDS = "source_ids"
+SOURCE_LENGTHS = "source_lengths"
+TARGET_IN = "target_in"
+TARGET_OUT = "target_out"
+TARGET_LENGTHS = "target_lengths"
+
+
+def _to_model_inputs(record):
+    """Source gets EOS; the decoder reads BOS+target and predicts target+EOS."""
+    source = tf.concat([record[features.SOURCE_IDS], [vocab_lib.EOS_ID]], 0)
+    target = record[features.TARGET_IDS]
+    return {
+        SOURCE_IDS: source,
+        SOURCE_LENGTHS: tf.size(source),
+        TARGET_IN: tf.concat([[vocab_lib.BOS_ID], target], 0),
+        TARGET_OUT: tf.concat([target, [vocab_lib.EOS_ID]], 0),
+        TARGET_LENGTHS: tf.size(target) + 1,
+    }
+
+
+def _padded_shapes(length):
+    return {
+        SOURCE_IDS: [length],
+        SOURCE_LENGTHS: [],
+        TARGET_IN: [length],
+        TARGET_OUT: [length],
+        TARGET_LENGTHS: [],
+    }
+
+
+def _padding_values():
+    pad = tf.constant(vocab_lib.PAD_ID, tf.int32)
+    return {SOURCE_IDS: pad, SOURCE_LENGTHS: 0, TARGET_IN: pad, TARGET_OUT: pad, TARGET_LENGTHS: 0}
+
+
+def _fits(boundaries):
+    longest = boundaries[-1]
+    return lambda x: tf.maximum(x[SOURCE_LENGTHS], x[TARGET_LENGTHS]) <= longest
+
+
+def bucket_and_pad(dataset, boundaries, batch_size, drop_remainder, static_shapes):
+    """Groups examples by length bucket and pads each batch to its bucket's boundary."""
+    dataset = dataset.filter(_fits(boundaries))
+    if static_shapes:
+        return dataset.padded_batch(
+            batch_size, _padded_shapes(boundaries[-1]), _padding_values(), drop_remainder
+        )
+    bounds = tf.constant(boundaries, tf.int32)
+
+    def bucket_id(x):
+        length = tf.maximum(x[SOURCE_LENGTHS], x[TARGET_LENGTHS])
+        return tf.cast(tf.argmax(tf.cast(bounds >= length, tf.int32)), tf.int64)
+
+    def batch_bucket(key, window):
+        return window.padded_batch(
+            batch_size, _padded_shapes(tf.gather(bounds, key)), _padding_values(), drop_remainder
+        )
+
+    return dataset.group_by_window(bucket_id, batch_bucket, window_size=batch_size)
+
+
+def _records(layout: paths.DatasetLayout, split: str, input_context, shuffle: bool, seed: int):
+    files = tf.io.gfile.glob(layout.shard_pattern(split))
+    if not files:
+        raise FileNotFoundError(f"No {split} shards match {layout.shard_pattern(split)}.")
+    files = tf.data.Dataset.from_tensor_slices(sorted(files))
+    if input_context and input_context.num_input_pipelines > 1:
+        files = files.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if shuffle:
+        files = files.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    return files.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=4,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def make_train_dataset(
+    cfg: config_lib.DataConfig,
+    seed: int,
+    input_context: tf.distribute.InputContext | None = None,
+    static_shapes: bool = False,
+) -> tf.data.Dataset:
+    """Endless, shuffled, bucketed training batches of the per-replica batch size."""
+    layout = paths.DatasetLayout(cfg.data_dir)
+    batch = input_context.get_per_replica_batch_size(cfg.batch_size) if input_context else None
+    dataset = _records(layout, "train", input_context, shuffle=True, seed=seed)
+    dataset = dataset.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.repeat()
+    dataset = dataset.map(
+        lambda x: _to_model_inputs(features.parse_example(x)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    dataset = bucket_and_pad(
+        dataset, cfg.bucket_boundaries, batch or cfg.batch_size, True, static_shapes
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def make_eval_dataset(
+    cfg: config_lib.DataConfig, split: str, limit: int = -1, with_text: bool = False
+) -> tf.data.Dataset:
+    """One ordered pass over `split` (or its first `limit` pairs), padded to bucket lengths.
+
+    With `with_text` each batch also carries the raw source and reference strings.
+    """
+    layout = paths.DatasetLayout(cfg.data_dir)
+    dataset = _records(layout, split, None, shuffle=False, seed=0).take(limit)
+
+    def prepare(serialized):
+        record = features.parse_example(serialized)
+        inputs = _to_model_inputs(record)
+        if with_text:
+            inputs[features.SOURCE_TEXT] = record[features.SOURCE_TEXT]
+            inputs[features.TARGET_TEXT] = record[features.TARGET_TEXT]
+        return inputs
+
+    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.filter(_fits(cfg.bucket_boundaries))
+    shapes = _padded_shapes(cfg.bucket_boundaries[-1])
+    shapes = {k: [None] if v else [] for k, v in shapes.items()}
+    values = _padding_values()
+    if with_text:
+        shapes.update({features.SOURCE_TEXT: [], features.TARGET_TEXT: []})
+        values.update({features.SOURCE_TEXT: "", features.TARGET_TEXT: ""})
+    return dataset.padded_batch(cfg.eval_batch_size, shapes, values).prefetch(tf.data.AUTOTUNE)

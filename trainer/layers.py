@@ -1,0 +1,144 @@
+"""Building blocks of the seq2seq: stateless dropout, the stacked decoder cell, the encoder.
+
+Dropout is stateless and keyed on a seed the caller derives from the step, so resuming from a
+checkpoint reproduces the masks an uninterrupted run would have used.
+"""
+
+import tensorflow as tf
+
+from pipeline import config as config_lib
+from trainer import tfa_lib
+
+
+def stateless_dropout(x, rate: float, seed, training: bool):
+    """Inverted dropout with a stateless mask; identity when not training or rate is 0."""
+    if not training or rate <= 0.0:
+        return x
+    keep = tf.random.stateless_uniform(tf.shape(x), seed) >= rate
+    return tf.where(keep, x / tf.cast(1.0 - rate, x.dtype), tf.zeros_like(x))
+
+
+def build_lstm_cell(units: int, layer_norm: bool, name: str):
+    if layer_norm:
+        return tfa_lib.LayerNormLSTMCell(units, name=name)
+    return tf.keras.layers.LSTMCell(units, name=name)
+
+
+class StackedResidualCell(tf.keras.layers.AbstractRNNCell):
+    """LSTM layers stacked in one cell, residual from a given layer, with a flat tuple state.
+
+    The state is a plain tuple (h1, c1, h2, c2, ...): Keras' StackedRNNCells nests its state in
+    tracked wrappers that break `BeamSearchDecoder` under Python 3.11 (DESIGN.md, known traps).
+    """
+
+    def __init__(self, units: int, num_layers: int, residual_from: int, layer_norm: bool, **kw):
+        super().__init__(**kw)
+        self.units = units
+        self.residual_from = residual_from
+        self.cells = [
+            build_lstm_cell(units, layer_norm, name=f"lstm_{i}") for i in range(num_layers)
+        ]
+
+    @property
+    def state_size(self):
+        return tuple(size for _ in self.cells for size in (self.units, self.units))
+
+    @property
+    def output_size(self):
+        return self.units
+
+    def build(self, input_shape):
+        width = input_shape[-1]
+        for cell in self.cells:
+            cell.build(tf.TensorShape([None, width]))
+            width = self.units
+        self.built = True
+
+    def call(self, inputs, states):
+        new_states = []
+        x = inputs
+        for i, cell in enumerate(self.cells):
+            out, (h, c) = cell(x, [states[2 * i], states[2 * i + 1]])
+            if i + 1 >= self.residual_from and i > 0:
+                out = out + x
+            new_states += [h, c]
+            x = out
+        return x, tuple(new_states)
+
+
+class Encoder(tf.keras.layers.Layer):
+    """GNMT-style encoder: bidirectional bottom layer, then unidirectional residual layers.
+
+    The bottom layer runs units/2 per direction, so its concatenated output is `units` wide and
+    every upper layer can add a residual connection.
+    """
+
+    def __init__(self, cfg: config_lib.ModelConfig, vocab_size: int, **kw):
+        super().__init__(**kw)
+        self.cfg = cfg
+        self.embedding = tf.keras.layers.Embedding(vocab_size, cfg.embedding_dim, name="embedding")
+        half = cfg.units // 2
+        self.bottom = tf.keras.layers.Bidirectional(
+            tf.keras.layers.RNN(build_lstm_cell(half, cfg.layer_norm, "fw"), return_sequences=True),
+            backward_layer=tf.keras.layers.RNN(
+                build_lstm_cell(cfg.units - half, cfg.layer_norm, "bw"),
+                return_sequences=True,
+                go_backwards=True,
+            ),
+            name="bidirectional",
+        )
+        self.upper = [
+            tf.keras.layers.RNN(
+                build_lstm_cell(cfg.units, cfg.layer_norm, f"lstm_{i}"),
+                return_sequences=True,
+                return_state=True,
+                name=f"layer_{i}",
+            )
+            for i in range(1, cfg.encoder_layers)
+        ]
+
+    def call(self, ids, lengths, seed, training=False):
+        """Returns memory [B, T, units] and the top layer's final (h, c) state."""
+        mask = tf.sequence_mask(lengths, tf.shape(ids)[1])
+        x = self.embedding(ids)
+        x = stateless_dropout(x, self.cfg.dropout, seed, training)
+        x = self.bottom(x, mask=mask)
+        state = None
+        for i, layer in enumerate(self.upper, start=1):
+            layer_seed = seed + tf.constant([0, 1], tf.int32) * i
+            inputs = stateless_dropout(x, self.cfg.dropout, layer_seed, training)
+            out, h, c = layer(inputs, mask=mask)
+            state = (h, c)
+            x = out + x if i + 1 >= self.cfg.residual_from else out
+        return x, state
+
+
+class OutputProjection(tf.keras.layers.Layer):
+    """Decoder outputs -> vocabulary logits, optionally tied to the target embedding.
+
+    Tied: a dense layer down to the embedding width, then the transposed embedding matrix.
+    """
+
+    def __init__(self, vocab_size: int, tied_embedding=None, **kw):
+        super().__init__(**kw)
+        self.vocab_size = vocab_size
+        self.tied_embedding = tied_embedding
+        if tied_embedding is None:
+            self.dense = tf.keras.layers.Dense(vocab_size, name="dense")
+        else:
+            self.dense = tf.keras.layers.Dense(tied_embedding.output_dim, name="pre_projection")
+
+    def build(self, input_shape):
+        if self.tied_embedding is not None:
+            self.bias = self.add_weight("bias", [self.vocab_size], initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, outputs):
+        hidden = self.dense(outputs)
+        if self.tied_embedding is None:
+            return hidden
+        embeddings = tf.cast(self.tied_embedding.embeddings, hidden.dtype)
+        return tf.matmul(hidden, embeddings, transpose_b=True) + tf.cast(self.bias, hidden.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape(input_shape)[:-1].concatenate([self.vocab_size])

@@ -1,0 +1,105 @@
+"""Entry point of the trainer: `nmt-train` / `python -m trainer.main`.
+
+Flags are defined here and nowhere else. They build one frozen `ExperimentConfig`; everything
+below receives its piece of that config.
+"""
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402  (after the log level is set)
+from absl import app, flags, logging  # noqa: E402
+
+from pipeline import config as config_lib  # noqa: E402
+from pipeline import paths  # noqa: E402
+from trainer import distribution, export, train_loop  # noqa: E402
+
+_EXPERIMENT = flags.DEFINE_string(
+    "experiment", "attention_seq2seq/base", "Registered experiment to start from."
+)
+_CONFIG_FILE = flags.DEFINE_string("config_file", "", "YAML file overriding the experiment.")
+_PARAMS_OVERRIDE = flags.DEFINE_string(
+    "params_override", "", "Comma-separated section.field=value overrides, applied last."
+)
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "Preprocessed dataset (sets data.data_dir).")
+_MODEL_DIR = flags.DEFINE_string(
+    "model_dir", None, "Run directory: checkpoints, summaries, export."
+)
+_STRATEGY = flags.DEFINE_enum(
+    "strategy",
+    None,
+    ["auto", "tpu", "multi_worker_mirrored", "mirrored", "one_device"],
+    "Distribution strategy (sets runtime.strategy).",
+)
+_TPU = flags.DEFINE_string("tpu", None, "TPU name, or 'local' on a TPU VM (sets runtime.tpu).")
+_RESTART = flags.DEFINE_bool("restart", False, "Delete existing checkpoints instead of resuming.")
+_DETERMINISTIC = flags.DEFINE_bool("deterministic", False, "Enable TF op determinism.")
+_EXPORT = flags.DEFINE_bool(
+    "export", True, "Export a SavedModel of the best checkpoint at the end."
+)
+_TEST = flags.DEFINE_bool("evaluate_test", True, "Score the test split at the end.")
+flags.mark_flag_as_required("model_dir")
+
+
+def _flag_overrides() -> dict:
+    overrides: dict = {}
+    if _DATA_DIR.value:
+        overrides.setdefault("data", {})["data_dir"] = _DATA_DIR.value
+    if _STRATEGY.value:
+        overrides.setdefault("runtime", {})["strategy"] = _STRATEGY.value
+    if _TPU.value is not None:
+        overrides.setdefault("runtime", {})["tpu"] = _TPU.value
+    return overrides
+
+
+def build_config_from_flags() -> config_lib.ExperimentConfig:
+    """Experiment -> --config_file -> --params_override -> explicit flags -> validate."""
+    try:
+        cfg = config_lib.build_config(_EXPERIMENT.value, _CONFIG_FILE.value, _PARAMS_OVERRIDE.value)
+        cfg = config_lib.validate(config_lib.merge(cfg, _flag_overrides(), where="flags"))
+    except (config_lib.ConfigError, OSError) as e:
+        raise app.UsageError(str(e)) from None
+    if not cfg.data.data_dir:
+        raise app.UsageError("Set --data_dir (or data.data_dir in the config).")
+    return cfg
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    cfg = build_config_from_flags()
+    strategy = distribution.build_strategy(cfg.runtime)
+    if _DETERMINISTIC.value:
+        tf.config.experimental.enable_op_determinism()
+    tf.keras.utils.set_random_seed(cfg.train.seed)
+    layout = paths.RunLayout(_MODEL_DIR.value)
+    if _RESTART.value and distribution.is_chief(strategy):
+        for path in (layout.checkpoints, layout.best_checkpoint):
+            if tf.io.gfile.exists(path):
+                logging.info("--restart: deleting %s", path)
+                tf.io.gfile.rmtree(path)
+    trainer = train_loop.Trainer(cfg, layout.root, strategy)
+    trainer.train()
+    if trainer.restore_best():
+        logging.info("Using the best dev-BLEU weights (BLEU %.2f).", float(trainer.best_bleu))
+    results = {}
+    if _TEST.value:
+        results = trainer.evaluate("test")
+    if distribution.is_chief(strategy):
+        if _TEST.value:
+            with tf.io.gfile.GFile(os.path.join(layout.root, "test_results.json"), "w") as f:
+                json.dump(results, f, indent=2, ensure_ascii=False)
+        if _EXPORT.value:
+            path = export.export_saved_model(trainer, layout.export)
+            logging.info("Exported SavedModel to %s", path)
+    trainer.cleanup()
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

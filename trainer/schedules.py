@@ -1,0 +1,36 @@
+"""Learning-rate schedule: linear warmup, then constant or inverse-square-root decay.
+
+A pure function of the optimizer's step, so it resumes exactly from a checkpoint.
+"""
+
+import tensorflow as tf
+
+from pipeline import config as config_lib
+
+
+class WarmupDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
+    def __init__(self, peak: float, warmup_steps: int, decay: str):
+        self.peak = peak
+        self.warmup_steps = max(warmup_steps, 1)
+        self.decay = decay
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32) + 1.0
+        warmup = tf.cast(self.warmup_steps, tf.float32)
+        ramp = tf.minimum(1.0, step / warmup)
+        if self.decay == "rsqrt":
+            ramp *= tf.math.rsqrt(tf.maximum(step, warmup) / warmup)
+        return self.peak * ramp
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "decay": self.decay}
+
+
+def build_optimizer(cfg: config_lib.TrainConfig) -> tf.keras.optimizers.Optimizer:
+    """Adam on the warmup/decay schedule; float16 gets dynamic loss scaling."""
+    optimizer = tf.keras.optimizers.Adam(
+        WarmupDecay(cfg.learning_rate, cfg.warmup_steps, cfg.decay), epsilon=1e-8
+    )
+    if cfg.mixed_precision == "mixed_float16":
+        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+    return optimizer

@@ -1,0 +1,104 @@
+"""The single-replica view of training: build the model, compute the loss, one train step.
+
+Nothing here knows about checkpoints or the loop; `train_loop` runs `train_step` under
+`strategy.run`. Losses are sums divided by the *global* batch, so replicas add up to the mean.
+"""
+
+import tensorflow as tf
+
+from pipeline import config as config_lib
+from trainer import data, model, sampling
+
+
+def build_model(cfg: config_lib.ModelConfig, metadata: dict) -> model.Seq2Seq:
+    vocab = metadata["vocab"]
+    return model.Seq2Seq(cfg, vocab["source"]["size"], vocab["target"]["size"])
+
+
+def smoothed_cross_entropy(logits, labels, smoothing: float):
+    """Per-position label-smoothed cross-entropy, computed in float32."""
+    log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))
+    nll = -tf.gather(log_probs, labels, batch_dims=labels.shape.rank)
+    if smoothing <= 0.0:
+        return nll
+    return (1.0 - smoothing) * nll - smoothing * tf.reduce_mean(log_probs, axis=-1)
+
+
+class TranslationTask:
+    """Loss and train step for one replica, built from the frozen config."""
+
+    def __init__(self, cfg: config_lib.ExperimentConfig, seq2seq: model.Seq2Seq, optimizer):
+        self.cfg = cfg
+        self.model = seq2seq
+        self.optimizer = optimizer
+
+    def sampling_probability(self, step):
+        train = self.cfg.train
+        return sampling.sampling_probability(
+            train.sampling_schedule, step, train.sampling_probability, train.sampling_k
+        )
+
+    def uses_sampling(self) -> bool:
+        return self.cfg.train.sampling_probability > 0.0
+
+    def loss(self, batch, step, training: bool):
+        """Returns (sum of token losses, number of target tokens, sum of plain NLL)."""
+        inputs = {
+            data.SOURCE_IDS: batch[data.SOURCE_IDS],
+            data.SOURCE_LENGTHS: batch[data.SOURCE_LENGTHS],
+            data.TARGET_IN: batch[data.TARGET_IN],
+            data.TARGET_LENGTHS: batch[data.TARGET_LENGTHS],
+            "seed": tf.stack([self.cfg.train.seed, tf.cast(step, tf.int32)]),
+        }
+        if training and self.uses_sampling():
+            inputs["sampling_probability"] = self.sampling_probability(step)
+        outputs = self.model(inputs, training=training)
+        labels = batch[data.TARGET_OUT]
+        mask = tf.sequence_mask(batch[data.TARGET_LENGTHS], tf.shape(labels)[1])
+        if "sampling_probability" in inputs:
+            logits, mask_f = outputs, tf.cast(mask, tf.float32)
+        elif self.cfg.train.jit_compile:
+            logits, mask_f = self.model.projection(outputs), tf.cast(mask, tf.float32)
+        else:
+            # Only real tokens reach the 8k-way projection: padding costs nothing.
+            logits = self.model.projection(tf.boolean_mask(outputs, mask))
+            labels, mask_f = tf.boolean_mask(labels, mask), 1.0
+        smoothed = smoothed_cross_entropy(logits, labels, self.cfg.model.label_smoothing)
+        nll = smoothed_cross_entropy(logits, labels, 0.0)
+        tokens = tf.reduce_sum(tf.cast(mask, tf.float32))
+        return tf.reduce_sum(smoothed * mask_f), tokens, tf.reduce_sum(nll * mask_f)
+
+    def train_step(self, batch, step):
+        """One replica's step; gradients are summed across replicas, then clipped, then applied.
+
+        Returns per-replica metrics to be summed by the caller.
+        """
+        global_batch = tf.cast(self.cfg.data.batch_size, tf.float32)
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            loss_sum, tokens, nll_sum = self.loss(batch, step, training=True)
+            loss = loss_sum / global_batch
+            scaled = self.optimizer.get_scaled_loss(loss) if self._loss_scaled() else loss
+        grads = tape.gradient(scaled, variables)
+        grads = [tf.convert_to_tensor(g) for g in grads]
+        context = tf.distribute.get_replica_context()
+        grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        if self._loss_scaled():
+            grads = self.optimizer.get_unscaled_gradients(grads)
+        clip = self.cfg.train.clip_norm
+        norm = tf.linalg.global_norm(grads)
+        if clip > 0:
+            grads, _ = tf.clip_by_global_norm(grads, clip, use_norm=norm)
+        self.optimizer.apply_gradients(
+            zip(grads, variables, strict=True), skip_gradients_aggregation=True
+        )
+        return {
+            "loss_sum": loss_sum,
+            "nll_sum": nll_sum,
+            "tokens": tokens,
+            "source_tokens": tf.cast(tf.reduce_sum(batch[data.SOURCE_LENGTHS]), tf.float32),
+            "grad_norm": norm / tf.cast(context.num_replicas_in_sync, tf.float32),
+        }
+
+    def _loss_scaled(self) -> bool:
+        return isinstance(self.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)

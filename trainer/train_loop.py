@@ -1,0 +1,266 @@
+"""The trainer: owns the strategy, checkpoints, the step loop, logging, evaluation and best model.
+
+A `TranslationTask` supplies the single-replica maths; this module runs it `steps_per_loop` steps
+at a time inside one tf.function under `strategy.run`, and does everything with side effects
+(checkpoints, summaries, histories) between loops, on the chief only.
+"""
+
+import json
+import shutil
+import time
+
+import tensorflow as tf
+from absl import logging
+
+from pipeline import config as config_lib
+from pipeline import metadata as metadata_lib
+from pipeline import paths, text
+from pipeline import vocab as vocab_lib
+from trainer import data, distribution, evaluation, schedules, task
+
+_METRICS = ("loss_sum", "nll_sum", "tokens", "source_tokens", "grad_norm")
+
+
+def load_dataset_contract(data_cfg: config_lib.DataConfig):
+    """Reads and checks metadata.json; returns (metadata, source tokens, target tokens)."""
+    layout = paths.DatasetLayout(data_cfg.data_dir)
+    metadata = metadata_lib.read_metadata(layout)
+    metadata_lib.check_compatible(metadata, layout)
+    if metadata.get("max_length", data_cfg.max_length) > data_cfg.max_length:
+        logging.warning(
+            "Dataset allows %d pieces but data.max_length=%d: longer pairs are skipped.",
+            metadata["max_length"],
+            data_cfg.max_length,
+        )
+    source = vocab_lib.load_vocabulary(layout.vocabulary("source"))
+    target = vocab_lib.load_vocabulary(layout.vocabulary("target"))
+    return metadata, source, target
+
+
+class Trainer:
+    """Trains one experiment in one model directory, resuming from its latest checkpoint."""
+
+    def __init__(self, cfg: config_lib.ExperimentConfig, model_dir: str, strategy):
+        self.cfg = cfg
+        self.strategy = strategy
+        self.layout = paths.RunLayout(model_dir)
+        self.is_chief = distribution.is_chief(strategy)
+        self.metadata, source_tokens, target_tokens = load_dataset_contract(cfg.data)
+        if cfg.train.mixed_precision:
+            tf.keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
+        with strategy.scope():
+            self.model = task.build_model(cfg.model, self.metadata)
+            self.optimizer = schedules.build_optimizer(cfg.train)
+            self.task = task.TranslationTask(cfg, self.model, self.optimizer)
+            self._build_variables()
+            self.best_bleu = tf.Variable(-1.0, trainable=False, name="best_bleu")
+            self.live_sampling_probability = tf.Variable(
+                0.0, trainable=False, name="sampling_probability"
+            )
+        self.target_tokenizer = text.SubwordTokenizer(target_tokens)
+        self.source_tokens, self.target_tokens = source_tokens, target_tokens
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model,
+            optimizer=self.optimizer,
+            best_bleu=self.best_bleu,
+            sampling_probability=self.live_sampling_probability,
+        )
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint,
+            distribution.write_dir(self.layout.checkpoints, strategy),
+            max_to_keep=cfg.train.keep_checkpoints,
+        )
+        self.evaluator = evaluation.Evaluator(self.task, self.target_tokenizer, cfg.data)
+        self._train_fn = None
+
+    @property
+    def step(self) -> int:
+        return int(self.optimizer.iterations.numpy())
+
+    def _build_variables(self):
+        """Creates model and optimizer variables so a checkpoint restores into them at once."""
+        ids = tf.constant([[4, vocab_lib.EOS_ID]], tf.int32)
+        lengths = tf.constant([2], tf.int32)
+        self.model(
+            {
+                data.SOURCE_IDS: ids,
+                data.SOURCE_LENGTHS: lengths,
+                data.TARGET_IN: ids,
+                data.TARGET_LENGTHS: lengths,
+            }
+        )
+        self.model.projection(tf.zeros([1, self.cfg.model.units]))
+        self.optimizer.build(self.model.trainable_variables)
+
+    def restore(self) -> int:
+        """Restores the latest checkpoint if there is one; returns the step resumed from."""
+        latest = self.manager.latest_checkpoint
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            logging.info("Restored %s at step %d.", latest, self.step)
+        return self.step
+
+    def _make_train_fn(self):
+        cfg = self.cfg.train
+        step_fn = self.task.train_step
+        if cfg.jit_compile:
+            step_fn = tf.function(step_fn, jit_compile=True)
+
+        @tf.function
+        def train_loop(iterator, num_steps):
+            totals = tf.zeros([len(_METRICS)])
+            for _ in tf.range(num_steps):
+                step = self.optimizer.iterations
+                self.live_sampling_probability.assign(self.task.sampling_probability(step))
+                per_replica = self.strategy.run(step_fn, args=(next(iterator), step))
+                totals += tf.stack(
+                    [
+                        self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica[n], axis=None)
+                        for n in _METRICS
+                    ]
+                )
+            return dict(zip(_METRICS, tf.unstack(totals), strict=True))
+
+        return train_loop
+
+    def _dataset(self):
+        static = isinstance(self.strategy, tf.distribute.TPUStrategy)
+        return self.strategy.distribute_datasets_from_function(
+            lambda ctx: data.make_train_dataset(self.cfg.data, self.cfg.train.seed, ctx, static)
+        )
+
+    def train(self) -> dict:
+        """Runs to `train.train_steps` (or the time budget), evaluating and checkpointing."""
+        cfg = self.cfg.train
+        start_step = self.restore()
+        if self.is_chief:
+            self._save_config()
+        iterator = iter(self._dataset())
+        self._train_fn = self._train_fn or self._make_train_fn()
+        writer = self._summary_writer("train")
+        started = time.time()
+        last_eval = None
+        while self.step < cfg.train_steps:
+            num = min(cfg.steps_per_loop, cfg.train_steps - self.step)
+            loop_start = time.time()
+            totals = {k: float(v) for k, v in self._train_fn(iterator, tf.constant(num)).items()}
+            self._log_loop(totals, num, time.time() - loop_start, started, start_step, writer)
+            if self.step % cfg.checkpoint_every < num or self.step >= cfg.train_steps:
+                self.manager.save(checkpoint_number=self.step)
+            budget_spent = cfg.max_train_seconds and time.time() - started > cfg.max_train_seconds
+            if self.step % cfg.eval_every < num or self.step >= cfg.train_steps or budget_spent:
+                last_eval = self.evaluate(limit=cfg.eval_sentences)
+            if budget_spent:
+                logging.info(
+                    "Time budget of %.0f s spent at step %d.", cfg.max_train_seconds, self.step
+                )
+                self.manager.save(checkpoint_number=self.step)
+                break
+        return last_eval or {}
+
+    def evaluate(self, split: str = "dev", limit: int = -1) -> dict:
+        """Dev loss and beam-search BLEU; keeps the best-BLEU checkpoint on the chief."""
+        started = time.time()
+        result = {"step": self.step, "split": split}
+        result.update(self.evaluator.loss(split))
+        result.update(self.evaluator.quality(split, limit))
+        result["seconds"] = round(time.time() - started, 1)
+        logging.info(
+            "eval %s step %d: loss %.3f ppl %.1f BLEU %.2f chrF %.2f (%d sentences, %.0f s)",
+            split,
+            self.step,
+            result["loss"],
+            result["perplexity"],
+            result["bleu"],
+            result["chrf"],
+            result["sentences"],
+            result["seconds"],
+        )
+        if self.is_chief:
+            self._append_history(self.layout.eval_history, result)
+            writer = self._summary_writer(split)
+            with writer.as_default(step=self.step):
+                for key in ("loss", "perplexity", "bleu", "chrf"):
+                    tf.summary.scalar(key, result[key])
+        if split == "dev" and result["bleu"] > float(self.best_bleu.numpy()):
+            self.best_bleu.assign(result["bleu"])
+            self._save_best()
+        return result
+
+    def _save_best(self):
+        if not self.is_chief:
+            return
+        best = self.layout.best_checkpoint
+        if tf.io.gfile.exists(best):
+            tf.io.gfile.rmtree(best)
+        path = self.checkpoint.write(best + "/ckpt")
+        logging.info(
+            "New best dev BLEU %.2f at step %d: %s", float(self.best_bleu), self.step, path
+        )
+
+    def restore_best(self) -> bool:
+        """Loads the best-BLEU weights if they exist (used before the final test and export)."""
+        path = self.layout.best_checkpoint + "/ckpt"
+        if not tf.io.gfile.exists(path + ".index"):
+            return False
+        self.checkpoint.read(path).assert_existing_objects_matched()
+        return True
+
+    def _log_loop(self, totals, num, seconds, started, start_step, writer):
+        tokens = totals["tokens"]
+        loss = totals["loss_sum"] / max(tokens, 1.0)
+        nll = totals["nll_sum"] / max(tokens, 1.0)
+        step = self.step
+        rate = (tokens + totals["source_tokens"]) / max(seconds, 1e-9)
+        done = step - start_step
+        remaining = self.cfg.train.train_steps - step
+        eta = (time.time() - started) / max(done, 1) * remaining
+        record = {
+            "step": step,
+            "loss": round(loss, 4),
+            "perplexity": round(float(tf.exp(min(nll, 50.0))), 2),
+            "learning_rate": float(self.optimizer.learning_rate),
+            "grad_norm": round(totals["grad_norm"] / num, 3),
+            "sampling_probability": round(float(self.live_sampling_probability.numpy()), 4),
+            "steps_per_second": round(num / max(seconds, 1e-9), 2),
+            "tokens_per_second": round(rate, 1),
+        }
+        logging.info(
+            "step %d/%d loss %.3f ppl %.1f lr %.2e |g| %.2f p_sample %.3f %.1f steps/s "
+            "%.0f tok/s ETA %s",
+            step,
+            self.cfg.train.train_steps,
+            loss,
+            record["perplexity"],
+            record["learning_rate"],
+            record["grad_norm"],
+            record["sampling_probability"],
+            record["steps_per_second"],
+            rate,
+            time.strftime("%H:%M:%S", time.gmtime(eta)),
+        )
+        if self.is_chief:
+            self._append_history(self.layout.train_history, record)
+            with writer.as_default(step=step):
+                for key, value in record.items():
+                    if key != "step":
+                        tf.summary.scalar(key, value)
+
+    def _summary_writer(self, name: str):
+        if self.is_chief:
+            return tf.summary.create_file_writer(self.layout.summaries(name))
+        return tf.summary.create_noop_writer()
+
+    def _append_history(self, path: str, record: dict):
+        with tf.io.gfile.GFile(path, "a") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def _save_config(self):
+        tf.io.gfile.makedirs(self.layout.root)
+        with tf.io.gfile.GFile(self.layout.config, "w") as f:
+            f.write(config_lib.to_yaml(self.cfg))
+
+    def cleanup(self):
+        """Removes a non-chief worker's throwaway checkpoint directory."""
+        if not self.is_chief:
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
