@@ -77,6 +77,7 @@ class TrainConfig:
     eval_every: int = _field(1000, "Evaluate dev loss and BLEU every this many steps.")
     eval_sentences: int = _field(200, "Dev sentences decoded for BLEU during training.")
     jit_compile: bool = _field(False, "Compile the train step with XLA (TPU: always on).")
+    nonfinite: str = _field("skip", "On a NaN/Inf loss or gradient: 'skip' the update or 'stop'.")
     mixed_precision: str = _field("", "'' (float32), 'mixed_bfloat16' or 'mixed_float16'.")
 
 
@@ -264,6 +265,7 @@ _CHOICES = {
     ("train", "decay"): ("constant", "rsqrt"),
     ("train", "sampling_schedule"): ("constant", "linear", "exponential", "inverse_sigmoid"),
     ("train", "mixed_precision"): ("", "mixed_bfloat16", "mixed_float16"),
+    ("train", "nonfinite"): ("skip", "stop"),
     ("runtime", "strategy"): ("auto", "tpu", "multi_worker_mirrored", "mirrored", "one_device"),
 }
 
@@ -315,6 +317,30 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     if problems:
         raise ConfigError("Invalid config:\n  " + "\n  ".join(problems))
     return config
+
+
+# Fields a resumed run may change without breaking exact continuation: where things are
+# written, how long to run, and how often to log, save and evaluate.
+RESUME_SAFE_FIELDS = frozenset(
+    {
+        "data.data_dir",
+        "data.eval_batch_size",
+        "train.train_steps",
+        "train.max_train_seconds",
+        "train.steps_per_loop",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.eval_every",
+        "train.eval_sentences",
+        "runtime.strategy",
+        "runtime.tpu",
+    }
+)
+
+
+def resume_conflicts(saved: ExperimentConfig, new: ExperimentConfig) -> list[str]:
+    """The diff lines of fields that may not change when resuming from a checkpoint."""
+    return [line for line in diff(saved, new) if line.split(":")[0] not in RESUME_SAFE_FIELDS]
 
 
 def diff(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:

@@ -6,6 +6,7 @@ below receives its piece of that config.
 
 import json
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -14,7 +15,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from pipeline import config as config_lib  # noqa: E402
 from pipeline import paths  # noqa: E402
-from trainer import distribution, export, train_loop  # noqa: E402
+from trainer import distribution, export, preemption, train_loop  # noqa: E402
 
 _EXPERIMENT = flags.DEFINE_string(
     "experiment", "attention_seq2seq/base", "Registered experiment to start from."
@@ -81,12 +82,25 @@ def main(argv):
                 logging.info("--restart: deleting %s", path)
                 tf.io.gfile.rmtree(path)
     trainer = train_loop.Trainer(cfg, layout.root, strategy)
-    trainer.train()
+    stop = preemption.StopSignal()
+    try:
+        trainer.train(stop_requested=stop)
+    except config_lib.ConfigError as e:
+        raise app.UsageError(str(e)) from None
+    except train_loop.NonFiniteLossError as e:
+        logging.error("%s", e)
+        sys.exit(1)
+    if stop():
+        trainer.cleanup()
+        sys.exit(preemption.EXIT_CODE)
+    _finish(trainer, strategy, layout)
+
+
+def _finish(trainer, strategy, layout):
+    """Best checkpoint -> test scores -> SavedModel (chief writes)."""
     if trainer.restore_best():
         logging.info("Using the best dev-BLEU weights (BLEU %.2f).", float(trainer.best_bleu))
-    results = {}
-    if _TEST.value:
-        results = trainer.evaluate("test")
+    results = trainer.evaluate("test") if _TEST.value else {}
     if distribution.is_chief(strategy):
         if _TEST.value:
             with tf.io.gfile.GFile(os.path.join(layout.root, "test_results.json"), "w") as f:

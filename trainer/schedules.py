@@ -26,11 +26,15 @@ class WarmupDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
         return {"peak": self.peak, "warmup_steps": self.warmup_steps, "decay": self.decay}
 
 
-def build_optimizer(cfg: config_lib.TrainConfig) -> tf.keras.optimizers.Optimizer:
-    """Adam on the warmup/decay schedule; float16 gets dynamic loss scaling."""
-    optimizer = tf.keras.optimizers.Adam(
+def build_optimizer(cfg: config_lib.TrainConfig) -> tf.keras.mixed_precision.LossScaleOptimizer:
+    """Adam on the warmup/decay schedule, inside a dynamic LossScaleOptimizer.
+
+    The wrapper is the NaN/Inf guard for every precision: it skips an update whose gradients are
+    not finite, across replicas, and still advances the step. Only float16 actually scales the
+    loss (from 2**15); otherwise the scale starts at 1 and is never applied to the loss.
+    """
+    adam = tf.keras.optimizers.Adam(
         WarmupDecay(cfg.learning_rate, cfg.warmup_steps, cfg.decay), epsilon=1e-8
     )
-    if cfg.mixed_precision == "mixed_float16":
-        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
-    return optimizer
+    initial_scale = 2.0**15 if cfg.mixed_precision == "mixed_float16" else 1.0
+    return tf.keras.mixed_precision.LossScaleOptimizer(adam, initial_scale=initial_scale)

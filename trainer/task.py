@@ -89,16 +89,20 @@ class TranslationTask:
         norm = tf.linalg.global_norm(grads)
         if clip > 0:
             grads, _ = tf.clip_by_global_norm(grads, clip, use_norm=norm)
+        # The optimizer is a LossScaleOptimizer: it skips the update (still counting the step)
+        # when any gradient is NaN/Inf, which a NaN loss always produces.
         self.optimizer.apply_gradients(
             zip(grads, variables, strict=True), skip_gradients_aggregation=True
         )
+        finite = tf.logical_and(tf.math.is_finite(norm), tf.math.is_finite(loss_sum))
         return {
             "loss_sum": loss_sum,
             "nll_sum": nll_sum,
             "tokens": tokens,
             "source_tokens": tf.cast(tf.reduce_sum(batch[data.SOURCE_LENGTHS]), tf.float32),
             "grad_norm": norm / tf.cast(context.num_replicas_in_sync, tf.float32),
+            "nonfinite": 1.0 - tf.cast(finite, tf.float32),
         }
 
     def _loss_scaled(self) -> bool:
-        return isinstance(self.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+        return self.cfg.train.mixed_precision == "mixed_float16"

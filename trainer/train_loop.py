@@ -10,6 +10,7 @@ import shutil
 import time
 
 import tensorflow as tf
+import yaml
 from absl import logging
 
 from pipeline import config as config_lib
@@ -18,7 +19,11 @@ from pipeline import paths, text
 from pipeline import vocab as vocab_lib
 from trainer import data, distribution, evaluation, schedules, task
 
-_METRICS = ("loss_sum", "nll_sum", "tokens", "source_tokens", "grad_norm")
+_METRICS = ("loss_sum", "nll_sum", "tokens", "source_tokens", "grad_norm", "nonfinite")
+
+
+class NonFiniteLossError(RuntimeError):
+    """train.nonfinite=stop and a step produced a NaN/Inf loss or gradient."""
 
 
 def load_dataset_contract(data_cfg: config_lib.DataConfig):
@@ -57,6 +62,7 @@ class Trainer:
             self.live_sampling_probability = tf.Variable(
                 0.0, trainable=False, name="sampling_probability"
             )
+            self.nonfinite_steps = tf.Variable(0.0, trainable=False, name="nonfinite_steps")
         self.target_tokenizer = text.SubwordTokenizer(target_tokens)
         self.source_tokens, self.target_tokens = source_tokens, target_tokens
         self.checkpoint = tf.train.Checkpoint(
@@ -64,6 +70,7 @@ class Trainer:
             optimizer=self.optimizer,
             best_bleu=self.best_bleu,
             sampling_probability=self.live_sampling_probability,
+            nonfinite_steps=self.nonfinite_steps,
         )
         self.manager = tf.train.CheckpointManager(
             self.checkpoint,
@@ -93,12 +100,64 @@ class Trainer:
         self.optimizer.build(self.model.trainable_variables)
 
     def restore(self) -> int:
-        """Restores the latest checkpoint if there is one; returns the step resumed from."""
-        latest = self.manager.latest_checkpoint
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-            logging.info("Restored %s at step %d.", latest, self.step)
-        return self.step
+        """Restores the newest loadable checkpoint; returns the step resumed from.
+
+        A checkpoint that fails to load (truncated or corrupted files) is reported by name and the
+        next older one is tried, so one bad write never strands a run.
+        """
+        for path in reversed(self.manager.checkpoints):
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            except (tf.errors.OpError, ValueError, AssertionError) as e:
+                logging.error(
+                    "Checkpoint %s cannot be loaded (%s: %s); falling back to the previous one.",
+                    path,
+                    type(e).__name__,
+                    str(e).splitlines()[0][:200],
+                )
+                continue
+            logging.info(
+                "Resumed from %s at step %d (sampling probability %.4f, best dev BLEU %.2f).",
+                path,
+                self.step,
+                float(self.live_sampling_probability.numpy()),
+                float(self.best_bleu.numpy()),
+            )
+            self._truncate_histories(self.step)
+            return self.step
+        if self.manager.checkpoints:
+            raise RuntimeError(
+                f"No checkpoint in {self.manager.directory} could be loaded; "
+                "rerun with --restart to start over."
+            )
+        return 0
+
+    def _truncate_histories(self, step: int):
+        """Drops history records past `step`: the resumed run writes them again."""
+        if not self.is_chief:
+            return
+        for path in (self.layout.train_history, self.layout.eval_history):
+            if not tf.io.gfile.exists(path):
+                continue
+            with tf.io.gfile.GFile(path) as f:
+                records = [line for line in f if json.loads(line)["step"] <= step]
+            with tf.io.gfile.GFile(path, "w") as f:
+                f.write("".join(records))
+
+    def check_resumable(self):
+        """Refuses to resume under a config that would not continue the saved run exactly."""
+        if not tf.io.gfile.exists(self.layout.config) or not self.manager.checkpoints:
+            return
+        with tf.io.gfile.GFile(self.layout.config) as f:
+            saved = config_lib.from_dict(yaml.safe_load(f))
+        conflicts = config_lib.resume_conflicts(saved, self.cfg)
+        if conflicts:
+            raise config_lib.ConfigError(
+                f"{self.layout.root} holds checkpoints of a different config; changed fields:\n  "
+                + "\n  ".join(conflicts)
+                + "\nUse the saved config (--config_file of its config.yaml), another "
+                "--model_dir, or --restart."
+            )
 
     def _make_train_fn(self):
         cfg = self.cfg.train
@@ -123,19 +182,36 @@ class Trainer:
 
         return train_loop
 
-    def _dataset(self):
-        static = isinstance(self.strategy, tf.distribute.TPUStrategy)
-        return self.strategy.distribute_datasets_from_function(
-            lambda ctx: data.make_train_dataset(self.cfg.data, self.cfg.train.seed, ctx, static)
-        )
+    def _dataset(self, step: int):
+        """The training input positioned at `step`: the batches a run resumed there would see.
 
-    def train(self) -> dict:
-        """Runs to `train.train_steps` (or the time budget), evaluating and checkpointing."""
+        Data order is a pure function of the seed and the worker, so resuming skips the batches
+        already consumed. This works identically for one and many workers (a distributed
+        iterator cannot be checkpointed, and non-chief workers keep no checkpoints anyway); the
+        cost is re-reading, not re-training, those batches.
+        """
+        static = isinstance(self.strategy, tf.distribute.TPUStrategy)
+
+        def dataset_fn(ctx):
+            batches_per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+            dataset = data.make_train_dataset(self.cfg.data, self.cfg.train.seed, ctx, static)
+            return dataset.skip(step * batches_per_step)
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def train(self, stop_requested=lambda: False) -> dict:
+        """Runs to `train.train_steps` (or the time budget), evaluating and checkpointing.
+
+        Args:
+          stop_requested: polled between loops; when true (e.g. after SIGTERM) the trainer saves
+            a checkpoint and returns.
+        """
         cfg = self.cfg.train
+        self.check_resumable()
         start_step = self.restore()
         if self.is_chief:
             self._save_config()
-        iterator = iter(self._dataset())
+        iterator = iter(self._dataset(start_step))
         self._train_fn = self._train_fn or self._make_train_fn()
         writer = self._summary_writer("train")
         started = time.time()
@@ -145,18 +221,52 @@ class Trainer:
             loop_start = time.time()
             totals = {k: float(v) for k, v in self._train_fn(iterator, tf.constant(num)).items()}
             self._log_loop(totals, num, time.time() - loop_start, started, start_step, writer)
+            self._check_nonfinite(totals["nonfinite"])
             if self.step % cfg.checkpoint_every < num or self.step >= cfg.train_steps:
                 self.manager.save(checkpoint_number=self.step)
-            budget_spent = cfg.max_train_seconds and time.time() - started > cfg.max_train_seconds
-            if self.step % cfg.eval_every < num or self.step >= cfg.train_steps or budget_spent:
+            budget_spent = bool(cfg.max_train_seconds) and (
+                time.time() - started > cfg.max_train_seconds
+            )
+            stop = self._agree(budget_spent or stop_requested())
+            if stop and not budget_spent:
+                logging.info("Stop requested at step %d: saving and stopping.", self.step)
+                self.manager.save(checkpoint_number=self.step)
+                break
+            if self.step % cfg.eval_every < num or self.step >= cfg.train_steps or stop:
                 last_eval = self.evaluate(limit=cfg.eval_sentences)
-            if budget_spent:
-                logging.info(
-                    "Time budget of %.0f s spent at step %d.", cfg.max_train_seconds, self.step
-                )
+            if stop:
+                logging.info("Time budget spent at step %d: saving and stopping.", self.step)
                 self.manager.save(checkpoint_number=self.step)
                 break
         return last_eval or {}
+
+    def _check_nonfinite(self, count: float):
+        if count <= 0:
+            return
+        self.nonfinite_steps.assign_add(count)
+        logging.warning(
+            "%d step(s) before step %d had a NaN/Inf loss or gradient; their updates were "
+            "skipped (%d in this run so far).",
+            count,
+            self.step,
+            float(self.nonfinite_steps.numpy()),
+        )
+        if self.cfg.train.nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"Non-finite loss or gradient before step {self.step} and train.nonfinite=stop; "
+                f"the last checkpoint in {self.manager.directory} holds finite weights."
+            )
+
+    def _agree(self, flag: bool) -> bool:
+        """True if any worker's flag is true, so all workers stop at the same step."""
+        if self.strategy.extended._in_multi_worker_mode():  # noqa: SLF001 (no public API)
+            value = self.strategy.reduce(
+                tf.distribute.ReduceOp.MAX,
+                self.strategy.run(lambda: tf.constant(float(flag))),
+                axis=None,
+            )
+            return bool(value > 0)
+        return flag
 
     def evaluate(self, split: str = "dev", limit: int = -1) -> dict:
         """Dev loss and beam-search BLEU; keeps the best-BLEU checkpoint on the chief."""

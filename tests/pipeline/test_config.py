@@ -62,3 +62,11 @@ def test_yaml_round_trip_and_diff():
 def test_unknown_experiment_lists_known_ones():
     with pytest.raises(config.ConfigError, match="attention_seq2seq/base"):
         config.get_experiment("nope")
+
+
+def test_resume_conflicts_ignore_safe_fields_and_name_unsafe_ones():
+    saved = config.get_experiment("attention_seq2seq/tiny")
+    new = config.build_config(
+        "attention_seq2seq/tiny", params_override="train.train_steps=99,model.units=64"
+    )
+    assert config.resume_conflicts(saved, new) == ["model.units: 32 -> 64"]

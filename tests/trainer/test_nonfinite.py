@@ -1,0 +1,62 @@
+"""A NaN batch is skipped (or stops the run) and never reaches the weights or a checkpoint."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import config
+from trainer import train_loop
+
+POISONED_STEP = 3
+
+
+def _trainer(small_dataset, tmp_path, nonfinite):
+    cfg = config.build_config(
+        "attention_seq2seq/tiny",
+        params_override=(
+            f"data.data_dir={small_dataset.root},train.train_steps=6,train.steps_per_loop=1,"
+            f"train.eval_every=1000,train.nonfinite={nonfinite}"
+        ),
+    )
+    trainer = train_loop.Trainer(cfg, str(tmp_path), tf.distribute.get_strategy())
+    original = trainer.task.loss
+
+    def poisoned_loss(batch, step, training):
+        loss_sum, tokens, nll = original(batch, step, training)
+        poison = tf.where(tf.equal(step, POISONED_STEP), np.nan, 1.0)
+        return loss_sum * poison, tokens, nll
+
+    trainer.task.loss = poisoned_loss
+    return trainer
+
+
+def test_nan_step_is_skipped_counted_and_logged(small_dataset, tmp_path, caplog):
+    trainer = _trainer(small_dataset, tmp_path, "skip")
+    with caplog.at_level("WARNING"):
+        trainer.train()
+    assert trainer.step == 6
+    assert float(trainer.nonfinite_steps.numpy()) == 1.0
+    assert f"1 step(s) before step {POISONED_STEP + 1} had a NaN/Inf loss" in caplog.text
+    assert all(np.isfinite(v.numpy()).all() for v in trainer.model.trainable_variables)
+
+
+def test_nan_step_skips_the_update_exactly(small_dataset, tmp_path):
+    trainer = _trainer(small_dataset, tmp_path, "skip")
+    cfg = trainer.cfg
+    trainer.cfg = config.merge(cfg, {"train": {"train_steps": POISONED_STEP}}, "test")
+    trainer.train()
+    weights = [v.numpy() for v in trainer.model.trainable_variables]
+    trainer.cfg = config.merge(cfg, {"train": {"train_steps": POISONED_STEP + 1}}, "test")
+    trainer._train_fn = None
+    trainer.train()
+    assert trainer.step == POISONED_STEP + 1
+    for old, new in zip(weights, trainer.model.trainable_variables, strict=True):
+        np.testing.assert_array_equal(old, new.numpy())
+
+
+def test_nan_step_stops_the_run_when_configured(small_dataset, tmp_path):
+    trainer = _trainer(small_dataset, tmp_path, "stop")
+    with pytest.raises(train_loop.NonFiniteLossError, match="train.nonfinite=stop"):
+        trainer.train()
+    assert trainer.step == POISONED_STEP + 1
+    assert all(np.isfinite(v.numpy()).all() for v in trainer.model.trainable_variables)
