@@ -1,0 +1,1 @@
+python -m preprocessing.main --input=gs://nmt-bucket/raw/en-de.tsv.gz --output_dir=gs://nmt-bucket/data/en-de --runner=DataflowRunner --project=proj --region=europe-west4 --temp_location=gs://nmt-bucket/tmp --staging_location=gs://nmt-bucket/tmp/staging --setup_file=/src/nmt/setup.py --job_name=nmt-preprocess-en-de --max_num_workers=8
