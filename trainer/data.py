@@ -72,13 +72,11 @@ def bucket_and_pad(dataset, boundaries, batch_size, drop_remainder, static_shape
     return dataset.group_by_window(bucket_id, batch_bucket, window_size=batch_size)
 
 
-def _records(layout: paths.DatasetLayout, split: str, input_context, shuffle: bool, seed: int):
+def _records(layout: paths.DatasetLayout, split: str, shuffle: bool, seed: int):
     files = tf.io.gfile.glob(layout.shard_pattern(split))
     if not files:
         raise FileNotFoundError(f"No {split} shards match {layout.shard_pattern(split)}.")
     files = tf.data.Dataset.from_tensor_slices(sorted(files))
-    if input_context and input_context.num_input_pipelines > 1:
-        files = files.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if shuffle:
         files = files.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     return files.interleave(
@@ -89,16 +87,43 @@ def _records(layout: paths.DatasetLayout, split: str, input_context, shuffle: bo
     )
 
 
+def _replica_slices(dataset, input_context: tf.distribute.InputContext):
+    """Global batches -> this input pipeline's per-replica slices, in replica order.
+
+    Every pipeline forms the same global batches and keeps its own rows, so the global batch at
+    a step does not depend on how many workers or replicas share it: a 2-worker run sees exactly
+    the batches of a 1-process run, and all replicas share one padded shape per step.
+    """
+    pipelines = input_context.num_input_pipelines
+    replicas = input_context.num_replicas_in_sync // pipelines
+    first = input_context.input_pipeline_id * replicas
+
+    def split(batch):
+        def per_replica(x):
+            shape = tf.shape(x)
+            parts = tf.reshape(x, tf.concat([[pipelines * replicas, -1], shape[1:]], 0))
+            return parts[first : first + replicas]
+
+        return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(per_replica, batch))
+
+    return dataset.flat_map(split)
+
+
 def make_train_dataset(
     cfg: config_lib.DataConfig,
     seed: int,
     input_context: tf.distribute.InputContext | None = None,
     static_shapes: bool = False,
+    start_step: int = 0,
 ) -> tf.data.Dataset:
-    """Endless, shuffled, bucketed training batches of the per-replica batch size."""
+    """Endless, shuffled, bucketed training batches, positioned at `start_step`.
+
+    Data order is a pure function of `seed`, so a run resumed at `start_step` skips exactly the
+    global batches it consumed before. With an input context the dataset yields this pipeline's
+    per-replica batches.
+    """
     layout = paths.DatasetLayout(cfg.data_dir)
-    batch = input_context.get_per_replica_batch_size(cfg.batch_size) if input_context else None
-    dataset = _records(layout, "train", input_context, shuffle=True, seed=seed)
+    dataset = _records(layout, "train", shuffle=True, seed=seed)
     dataset = dataset.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.repeat()
     dataset = dataset.map(
@@ -106,9 +131,10 @@ def make_train_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    dataset = bucket_and_pad(
-        dataset, cfg.bucket_boundaries, batch or cfg.batch_size, True, static_shapes
-    )
+    dataset = bucket_and_pad(dataset, cfg.bucket_boundaries, cfg.batch_size, True, static_shapes)
+    dataset = dataset.skip(start_step)
+    if input_context and input_context.num_replicas_in_sync > 1:
+        dataset = _replica_slices(dataset, input_context)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -120,7 +146,7 @@ def make_eval_dataset(
     With `with_text` each batch also carries the raw source and reference strings.
     """
     layout = paths.DatasetLayout(cfg.data_dir)
-    dataset = _records(layout, split, None, shuffle=False, seed=0).take(limit)
+    dataset = _records(layout, split, shuffle=False, seed=0).take(limit)
 
     def prepare(serialized):
         record = features.parse_example(serialized)

@@ -51,6 +51,12 @@ class Trainer:
         self.layout = paths.RunLayout(model_dir)
         self.is_chief = distribution.is_chief(strategy)
         self.metadata, source_tokens, target_tokens = load_dataset_contract(cfg.data)
+        replicas = strategy.num_replicas_in_sync
+        if cfg.data.batch_size % replicas:
+            raise config_lib.ConfigError(
+                f"data.batch_size={cfg.data.batch_size} must be divisible by the "
+                f"{replicas} replicas in sync."
+            )
         if cfg.train.mixed_precision:
             tf.keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
         with strategy.scope():
@@ -183,21 +189,19 @@ class Trainer:
         return train_loop
 
     def _dataset(self, step: int):
-        """The training input positioned at `step`: the batches a run resumed there would see.
+        """The training input positioned at `step`: the batches an uninterrupted run sees next.
 
-        Data order is a pure function of the seed and the worker, so resuming skips the batches
-        already consumed. This works identically for one and many workers (a distributed
-        iterator cannot be checkpointed, and non-chief workers keep no checkpoints anyway); the
-        cost is re-reading, not re-training, those batches.
+        Resuming skips the global batches already consumed rather than restoring an iterator:
+        distributed iterators cannot be checkpointed, non-chief workers keep no checkpoints, and
+        skipping works the same for any number of workers. The cost is re-reading, not
+        re-training, those batches.
         """
         static = isinstance(self.strategy, tf.distribute.TPUStrategy)
-
-        def dataset_fn(ctx):
-            batches_per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-            dataset = data.make_train_dataset(self.cfg.data, self.cfg.train.seed, ctx, static)
-            return dataset.skip(step * batches_per_step)
-
-        return self.strategy.distribute_datasets_from_function(dataset_fn)
+        return self.strategy.distribute_datasets_from_function(
+            lambda ctx: data.make_train_dataset(
+                self.cfg.data, self.cfg.train.seed, ctx, static, start_step=step
+            )
+        )
 
     def train(self, stop_requested=lambda: False) -> dict:
         """Runs to `train.train_steps` (or the time budget), evaluating and checkpointing.
@@ -261,7 +265,7 @@ class Trainer:
         """True if any worker's flag is true, so all workers stop at the same step."""
         if self.strategy.extended._in_multi_worker_mode():  # noqa: SLF001 (no public API)
             value = self.strategy.reduce(
-                tf.distribute.ReduceOp.MAX,
+                tf.distribute.ReduceOp.SUM,
                 self.strategy.run(lambda: tf.constant(float(flag))),
                 axis=None,
             )
@@ -305,7 +309,7 @@ class Trainer:
             tf.io.gfile.rmtree(best)
         path = self.checkpoint.write(best + "/ckpt")
         logging.info(
-            "New best dev BLEU %.2f at step %d: %s", float(self.best_bleu), self.step, path
+            "New best dev BLEU %.2f at step %d: %s", float(self.best_bleu.numpy()), self.step, path
         )
 
     def restore_best(self) -> bool:
@@ -329,7 +333,7 @@ class Trainer:
             "step": step,
             "loss": round(loss, 4),
             "perplexity": round(float(tf.exp(min(nll, 50.0))), 2),
-            "learning_rate": float(self.optimizer.learning_rate),
+            "learning_rate": float(tf.keras.backend.get_value(self.optimizer.learning_rate)),
             "grad_norm": round(totals["grad_norm"] / num, 3),
             "sampling_probability": round(float(self.live_sampling_probability.numpy()), 4),
             "steps_per_second": round(num / max(seconds, 1e-9), 2),
