@@ -10,6 +10,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import tensorflow as tf
 import yaml
 
 
@@ -238,7 +239,10 @@ def parse_overrides(text: str) -> dict:
 
 
 def load_yaml_file(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
+    """Reads a YAML config from any filesystem TensorFlow knows (local, gs://, ...)."""
+    if not tf.io.gfile.exists(path):
+        raise ConfigError(f"Config file {path} does not exist.")
+    with tf.io.gfile.GFile(path) as f:
         try:
             data = yaml.safe_load(f) or {}
         except yaml.YAMLError as e:

@@ -70,3 +70,13 @@ def test_resume_conflicts_ignore_safe_fields_and_name_unsafe_ones():
         "attention_seq2seq/tiny", params_override="train.train_steps=99,model.units=64"
     )
     assert config.resume_conflicts(saved, new) == ["model.units: 32 -> 64"]
+
+
+def test_missing_or_malformed_config_file_is_named(tmp_path):
+    missing = str(tmp_path / "nope.yaml")
+    with pytest.raises(config.ConfigError, match="nope.yaml does not exist"):
+        config.build_config("attention_seq2seq/base", missing)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [units\n")
+    with pytest.raises(config.ConfigError, match="bad.yaml: not valid YAML"):
+        config.build_config("attention_seq2seq/base", str(bad))

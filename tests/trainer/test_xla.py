@@ -1,0 +1,62 @@
+"""XLA: the jit-compiled train step (scheduled sampling on) compiles once per bucket shape, not
+once per step, and the TPU input mode yields fully static shapes."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import config
+from tests import dataset_fixture
+from trainer import data
+
+pytestmark = pytest.mark.slow
+
+STEPS = 30
+
+
+def _bucket_lengths_seen(cfg, steps):
+    dataset = data.make_train_dataset(cfg.data, cfg.train.seed).take(steps)
+    return {int(batch[data.SOURCE_IDS].shape[1]) for batch in dataset}
+
+
+def test_jit_step_compiles_once_per_bucket_shape(small_dataset, tmp_path):
+    overrides = f"train.train_steps={STEPS},train.jit_compile=true,train.sampling_probability=0.3"
+    cfg = config.build_config(
+        "attention_seq2seq/tiny", params_override=f"{overrides},data.data_dir={small_dataset.root}"
+    )
+    buckets = _bucket_lengths_seen(cfg, STEPS)
+    assert len(buckets) >= 2, "the run must cross buckets for the count to mean anything"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0", "TF_CPP_VMODULE": "device_compiler=1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.main",
+            "--experiment=attention_seq2seq/tiny",
+            f"--data_dir={small_dataset.root}",
+            f"--model_dir={tmp_path}",
+            f"--params_override={overrides}",
+            "--noexport",
+            "--noevaluate_test",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=dataset_fixture.REPO,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    compiles = result.stderr.count("Compilation of XLA executable")
+    assert compiles == len(buckets), f"{compiles} XLA compilations for buckets {sorted(buckets)}"
+
+
+def test_tpu_mode_input_has_fully_static_shapes(small_dataset):
+    cfg = config.build_config(
+        "attention_seq2seq/tiny", params_override=f"data.data_dir={small_dataset.root}"
+    )
+    dataset = data.make_train_dataset(cfg.data, cfg.train.seed, static_shapes=True)
+    for name, spec in dataset.element_spec.items():
+        assert spec.shape.is_fully_defined(), f"{name}: {spec.shape}"
+    longest = cfg.data.bucket_boundaries[-1]
+    assert dataset.element_spec[data.SOURCE_IDS].shape.as_list() == [cfg.data.batch_size, longest]
