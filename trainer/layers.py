@@ -10,12 +10,22 @@ from pipeline import config as config_lib
 from trainer import tfa_lib
 
 
+def fold_seed(seed, salt: int):
+    """An independent seed for one use site, derived from the step's seed."""
+    return tf.random.experimental.stateless_fold_in(seed, salt)
+
+
+def dropout_mask(shape, rate: float, seed, dtype):
+    """An inverted-dropout mask: 0 where dropped, 1/(1-rate) where kept."""
+    keep = tf.random.stateless_uniform(shape, seed) >= rate
+    return tf.cast(keep, dtype) / tf.cast(1.0 - rate, dtype)
+
+
 def stateless_dropout(x, rate: float, seed, training: bool):
     """Inverted dropout with a stateless mask; identity when not training or rate is 0."""
     if not training or rate <= 0.0:
         return x
-    keep = tf.random.stateless_uniform(tf.shape(x), seed) >= rate
-    return tf.where(keep, x / tf.cast(1.0 - rate, x.dtype), tf.zeros_like(x))
+    return x * dropout_mask(tf.shape(x), rate, seed, x.dtype)
 
 
 def build_lstm_cell(units: int, layer_norm: bool, name: str):
@@ -105,12 +115,31 @@ class Encoder(tf.keras.layers.Layer):
         x = self.bottom(x, mask=mask)
         state = None
         for i, layer in enumerate(self.upper, start=1):
-            layer_seed = seed + tf.constant([0, 1], tf.int32) * i
-            inputs = stateless_dropout(x, self.cfg.dropout, layer_seed, training)
+            inputs = stateless_dropout(x, self.cfg.dropout, fold_seed(seed, i), training)
             out, h, c = layer(inputs, mask=mask)
             state = (h, c)
             x = out + x if i + 1 >= self.cfg.residual_from else out
         return x, state
+
+
+class MaskedProjection(tf.keras.layers.Layer):
+    """Multiplies decoder outputs by a fixed per-sentence mask, then projects them.
+
+    The decoder loop projects one step at a time when scheduled sampling feeds back its own
+    samples; a per-sentence ("variational") dropout mask lets that loop and the teacher-forced
+    path drop exactly the same units.
+    """
+
+    def __init__(self, projection, mask, **kw):
+        super().__init__(**kw)
+        self.projection = projection
+        self.mask = mask
+
+    def call(self, outputs):
+        return self.projection(outputs * tf.cast(self.mask, outputs.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return self.projection.compute_output_shape(input_shape)
 
 
 class OutputProjection(tf.keras.layers.Layer):

@@ -77,16 +77,25 @@ class Seq2Seq(tf.keras.Model):
         initial_state = self._setup_attention(memory, inputs["source_lengths"], batch)
         target_in = inputs["target_in"]
         embedded = self.target_embedding(target_in)
-        embedded = layers.stateless_dropout(embedded, self.cfg.dropout, seed + [0, 97], training)
+        embedded = layers.stateless_dropout(
+            embedded, self.cfg.dropout, layers.fold_seed(seed, 101), training
+        )
+        output_mask = tf.ones([batch, self.cfg.units], embedded.dtype)
+        if training and self.cfg.dropout > 0.0:
+            output_mask = layers.dropout_mask(
+                [batch, self.cfg.units],
+                self.cfg.dropout,
+                layers.fold_seed(seed, 102),
+                output_mask.dtype,
+            )
         probability = inputs.get("sampling_probability")
         if probability is None:
-            sampler = tfa_lib.TrainingSampler()
-            output_layer = None
+            sampler, output_layer = tfa_lib.TrainingSampler(), None
         else:
             sampler = sampling.DenseScheduledSampler(
-                self.target_embedding, probability, seed + tf.constant([0, 31], tf.int32)
+                self.target_embedding, probability, layers.fold_seed(seed, 103)
             )
-            output_layer = self.projection
+            output_layer = layers.MaskedProjection(self.projection, output_mask)
         decoder = tfa_lib.BasicDecoder(
             self.attention_cell,
             sampler,
@@ -104,7 +113,7 @@ class Seq2Seq(tf.keras.Model):
         pad = tf.shape(target_in)[1] - tf.shape(result)[1]
         result = tf.pad(result, [[0, 0], [0, pad], [0, 0]])
         if probability is None:
-            result = layers.stateless_dropout(result, self.cfg.dropout, seed + [0, 53], training)
+            result *= output_mask[:, None, :]
         return result
 
     def _encode_for_decoding(self, source_ids, source_lengths, multiplier, alignment_history):

@@ -51,12 +51,12 @@ class DenseScheduledSampler(tfa_lib.TrainingSampler):
         """Args: embedding_fn maps ids to inputs; probability a float scalar; seed int32 [2]."""
         super().__init__()
         self._embedding_fn = embedding_fn
-        self._probability = tf.convert_to_tensor(probability, tf.float32)
+        self._probability = tf.cast(probability, tf.float32)  # Keras may autocast it.
         self._seed = tf.convert_to_tensor(seed, tf.int32)
 
     def next_inputs(self, time, outputs, state, sample_ids):
         finished, truth, state = super().next_inputs(time, outputs, state, sample_ids)
-        seed = tf.stack([self._seed[0], self._seed[1] + tf.cast(time, tf.int32) * 7919])
+        seed = tf.random.experimental.stateless_fold_in(self._seed, tf.cast(time, tf.int32))
         coin_seed, draw_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         use_sample = tf.random.stateless_uniform([self.batch_size], coin_seed) < self._probability
         drawn = tf.random.stateless_categorical(

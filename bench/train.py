@@ -1,0 +1,107 @@
+"""Training speed of the reference model: source+target non-padding tokens per second.
+
+Each variant (graph mode or XLA, float32 or bfloat16, scheduled sampling off or on) runs in its
+own process on the bundled corpus with the reference config (`attention_seq2seq/base`: 256-wide
+embeddings and LSTMs, bidirectional + residual 2-layer encoder, 2-layer Luong decoder, 8k-ish
+WordPiece vocabularies, batch 64, dropout 0). After one warm-up window (tracing, XLA compiles),
+it times `--windows` windows of 25 steps and reports the median. The XLA compile count is read
+from XLA's own log. Run it alone: 2 cores, and any other job halves the figure.
+
+  .venv/bin/python bench/train.py [--variants graph,xla,graph_sampling,...] [--windows 8]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # noqa: E402
+
+WINDOW = 25
+VARIANTS = {
+    "graph": "train.jit_compile=false",
+    "graph_sampling": "train.jit_compile=false,train.sampling_probability=0.25",
+    "graph_bf16": "train.jit_compile=false,train.mixed_precision=mixed_bfloat16",
+    "xla": "train.jit_compile=true",
+    "xla_sampling": "train.jit_compile=true,train.sampling_probability=0.25",
+}
+
+
+def measure(data_dir: str, overrides: str, windows: int) -> dict:
+    """Runs in the child process: returns the timed windows of one variant."""
+    import tensorflow as tf
+
+    from pipeline import config
+    from trainer import train_loop
+
+    cfg = config.build_config(
+        "attention_seq2seq/base",
+        params_override=f"data.data_dir={data_dir},model.dropout=0.0,{overrides}",
+    )
+    trainer = train_loop.Trainer(cfg, "/tmp/bench-train-unused", tf.distribute.get_strategy())
+    iterator = iter(trainer._dataset(0))
+    train_fn = trainer._make_train_fn()
+    rates, steps_per_second = [], []
+    for window in range(windows + 1):
+        started = time.perf_counter()
+        totals = train_fn(iterator, tf.constant(WINDOW))
+        tokens = float(totals["tokens"]) + float(totals["source_tokens"])
+        seconds = time.perf_counter() - started
+        if window:  # the first window traces and compiles
+            rates.append(tokens / seconds)
+            steps_per_second.append(WINDOW / seconds)
+    return {
+        "tokens_per_second": round(statistics.median(rates), 1),
+        "steps_per_second": round(statistics.median(steps_per_second), 2),
+        "windows": [round(r, 1) for r in rates],
+        "final_loss": round(float(totals["loss_sum"]) / float(totals["tokens"]), 4),
+    }
+
+
+def run_variant(name: str, data_dir: str, windows: int) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0", "TF_CPP_VMODULE": "device_compiler=1"}
+    argv = [sys.executable, __file__, f"--child={name}", f"--data_dir={data_dir}"]
+    argv.append(f"--windows={windows}")
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=common.REPO)
+    if result.returncode != 0:
+        sys.stderr.write(result.stderr[-5000:])
+        raise SystemExit(f"variant {name} failed")
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
+    out = json.loads(line[len("RESULT ") :])
+    out["xla_compiles"] = result.stderr.count("Compilation of XLA executable")
+    return {"variant": name, **out}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", default=common.DEFAULT_DATA_DIR)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--windows", type=int, default=8, help="Timed 25-step windows.")
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        result = measure(args.data_dir, VARIANTS[args.child], args.windows)
+        print("RESULT " + json.dumps(result))
+        return
+    names = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    data_dir = common.ensure_dataset(args.data_dir)
+    rows = []
+    for name in names:
+        print(f"measuring {name} ...", flush=True)
+        rows.append(run_variant(name, data_dir, args.windows))
+    common.print_table(
+        rows, ["variant", "tokens_per_second", "steps_per_second", "xla_compiles", "final_loss"]
+    )
+    print("written", common.write_json("train", {"window_steps": WINDOW, "results": rows}))
+
+
+if __name__ == "__main__":
+    main()
