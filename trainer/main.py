@@ -99,7 +99,9 @@ def main(argv):
 def _finish(trainer, strategy, layout):
     """Best checkpoint -> test scores -> SavedModel (chief writes)."""
     if trainer.restore_best():
-        logging.info("Using the best dev-BLEU weights (BLEU %.2f).", float(trainer.best_bleu.numpy()))
+        logging.info(
+            "Using the best dev-BLEU weights (BLEU %.2f).", float(trainer.best_bleu.numpy())
+        )
     results = trainer.evaluate("test") if _TEST.value else {}
     if distribution.is_chief(strategy):
         if _TEST.value:
