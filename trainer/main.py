@@ -15,7 +15,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from pipeline import config as config_lib  # noqa: E402
 from pipeline import paths  # noqa: E402
-from trainer import distribution, export, preemption, train_loop  # noqa: E402
+from trainer import averaging, distribution, export, plots, preemption, train_loop  # noqa: E402
 
 _EXPERIMENT = flags.DEFINE_string(
     "experiment", "attention_seq2seq/base", "Registered experiment to start from."
@@ -41,6 +41,12 @@ _EXPORT = flags.DEFINE_bool(
     "export", True, "Export a SavedModel of the best checkpoint at the end."
 )
 _TEST = flags.DEFINE_bool("evaluate_test", True, "Score the test split at the end.")
+_AVERAGE_LAST_N = flags.DEFINE_integer(
+    "average_last_n",
+    0,
+    "Test and export the mean weights of the last N checkpoints instead of the best one.",
+    lower_bound=0,
+)
 flags.mark_flag_as_required("model_dir")
 
 
@@ -97,8 +103,12 @@ def main(argv):
 
 
 def _finish(trainer, strategy, layout):
-    """Best checkpoint -> test scores -> SavedModel (chief writes)."""
-    if trainer.restore_best():
+    """Best (or averaged) weights -> test scores -> SavedModel -> plots (chief writes)."""
+    if _AVERAGE_LAST_N.value:
+        averaging.average_checkpoints(
+            trainer.manager.checkpoints[-_AVERAGE_LAST_N.value :], trainer
+        )
+    elif trainer.restore_best():
         logging.info(
             "Using the best dev-BLEU weights (BLEU %.2f).", float(trainer.best_bleu.numpy())
         )
@@ -110,6 +120,7 @@ def _finish(trainer, strategy, layout):
         if _EXPORT.value:
             path = export.export_saved_model(trainer, layout.export)
             logging.info("Exported SavedModel to %s", path)
+        logging.info("Plots: %s", ", ".join(plots.save_run_plots(trainer)))
     trainer.cleanup()
 
 

@@ -17,7 +17,7 @@ from pipeline import config as config_lib
 from pipeline import metadata as metadata_lib
 from pipeline import paths, text
 from pipeline import vocab as vocab_lib
-from trainer import data, distribution, evaluation, schedules, task
+from trainer import data, distribution, evaluation, plots, schedules, task
 
 _METRICS = ("loss_sum", "nll_sum", "tokens", "source_tokens", "grad_norm", "nonfinite")
 
@@ -69,6 +69,7 @@ class Trainer:
                 0.0, trainable=False, name="sampling_probability"
             )
             self.nonfinite_steps = tf.Variable(0.0, trainable=False, name="nonfinite_steps")
+        self.source_tokenizer = text.SubwordTokenizer(source_tokens)
         self.target_tokenizer = text.SubwordTokenizer(target_tokens)
         self.source_tokens, self.target_tokens = source_tokens, target_tokens
         self.checkpoint = tf.train.Checkpoint(
@@ -296,6 +297,11 @@ class Trainer:
             with writer.as_default(step=self.step):
                 for key in ("loss", "perplexity", "bleu", "chrf"):
                     tf.summary.scalar(key, result[key])
+                if split == "dev":
+                    sources = [sample["source"] for sample in result["samples"][:2]]
+                    plots.write_attention_summaries(
+                        self.model, self.source_tokenizer, self.target_tokenizer, sources, self.step
+                    )
         if split == "dev" and result["bleu"] > float(self.best_bleu.numpy()):
             self.best_bleu.assign(result["bleu"])
             self._save_best()

@@ -1,0 +1,115 @@
+"""Issue #6 acceptance: short training -> export -> a fresh process translates exactly like the
+in-process beam search of the exported checkpoint.
+
+The dataset is the session's small real dataset in the Beam output layout (tests/conftest.py);
+the preprocess job's own end-to-end test covers corpus -> dataset.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
+from pipeline import config as config_lib
+from pipeline import paths, text
+from pipeline import vocab as vocab_lib
+from tests import dataset_fixture
+from trainer import evaluation, train_loop
+
+pytestmark = pytest.mark.slow
+
+SENTENCES = ["Click OK.", "Select a cell in the table.", "446 Named argument not found"]
+
+# Runs with the interpreter's isolated mode from an empty directory: TF and TF Text only.
+_FRESH_PROCESS = """
+import json, sys
+import tensorflow as tf, tensorflow_text
+assert 'trainer' not in sys.modules and 'pipeline' not in sys.modules
+signature = tf.saved_model.load(sys.argv[1]).signatures['serving_default']
+out = signature(sources=tf.constant(json.loads(sys.argv[2])))
+print(json.dumps({
+    'translations': [t.decode('utf-8') for t in out['translations'].numpy()],
+    'nbest': [[t.decode('utf-8') for t in row] for row in out['nbest'].numpy()],
+    'scores': out['scores'].numpy().tolist(),
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(small_dataset, tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("run"))
+    argv = [
+        sys.executable,
+        "-m",
+        "trainer.main",
+        "--experiment=attention_seq2seq/tiny",
+        f"--data_dir={small_dataset.root}",
+        f"--model_dir={model_dir}",
+        "--params_override=train.train_steps=40,train.eval_every=20",
+        "--noevaluate_test",
+    ]
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=dataset_fixture.REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return model_dir
+
+
+def _served(export_dir, sentences, cwd):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", _FRESH_PROCESS, export_dir, json.dumps(sentences)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def _in_process(trainer, sentences, decode_options):
+    """Beam search of the live model, with the export's input preparation and decode options."""
+    source_tokenizer = text.SubwordTokenizer(trainer.source_tokens)
+    normalized = tf.constant([text.normalize(s) for s in sentences])
+    pieces = source_tokenizer.tokenize(normalized)[:, : trainer.cfg.data.max_length]
+    eos = tf.RaggedTensor.from_tensor(tf.fill([pieces.nrows(), 1], vocab_lib.EOS_ID))
+    pieces = tf.concat([pieces, eos], axis=1)
+    ids, scores, _ = trainer.model.beam_search(
+        pieces.to_tensor(default_value=vocab_lib.PAD_ID),
+        tf.cast(pieces.row_lengths(), tf.int32),
+        **decode_options,
+    )
+    beams = ids.shape[1]
+    hypotheses = [evaluation.strip_after_eos(row) for row in ids.numpy().reshape(-1, ids.shape[2])]
+    strings = trainer.target_tokenizer.detokenize(tf.ragged.constant(hypotheses, dtype=tf.int32))
+    nbest = [s.decode("utf-8") for s in strings.numpy()]
+    nbest = [nbest[i : i + beams] for i in range(0, len(nbest), beams)]
+    return {
+        "translations": [row[0] for row in nbest],
+        "nbest": nbest,
+        "scores": scores[:, 0].numpy().tolist(),
+    }
+
+
+def test_fresh_process_translates_like_in_process_beam_search_of_the_checkpoint(run_dir, tmp_path):
+    layout = paths.RunLayout(run_dir)
+    with open(os.path.join(layout.export, "export_info.json")) as f:
+        info = json.load(f)
+    served = _served(layout.export, SENTENCES, cwd=tmp_path)
+
+    with open(layout.config) as f:
+        cfg = config_lib.from_dict(yaml.safe_load(f))
+    trainer = train_loop.Trainer(cfg, run_dir, tf.distribute.get_strategy())
+    assert trainer.restore_best(), "the run kept no best checkpoint"
+    assert trainer.step == info["step"], "the export is not the best checkpoint"
+    live = _in_process(trainer, SENTENCES, info["decode_options"])
+
+    assert served["translations"] == live["translations"]
+    assert served["nbest"] == live["nbest"]
+    np.testing.assert_allclose(served["scores"], live["scores"], rtol=1e-5, atol=1e-5)
+    # Scores depend on the input: the comparison is not between constant outputs.
+    assert len(set(np.round(live["scores"], 4))) == len(SENTENCES)

@@ -1,0 +1,138 @@
+"""The nmt-translate CLI and saved_model_cli on an exported model, each in a fresh process.
+
+The model is the tiny config's untrained weights: these tests are about the tool's inputs,
+outputs and errors, not about translation quality.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from pipeline import config as config_lib
+from tests import dataset_fixture
+from trainer import export, train_loop
+
+SENTENCES = ["Click OK.", "Select a cell in the table.", "Open the file."]
+
+
+@pytest.fixture(scope="module")
+def export_dir(small_dataset, tmp_path_factory):
+    cfg = config_lib.get_experiment("attention_seq2seq/tiny")
+    cfg = config_lib.validate(
+        config_lib.merge(cfg, {"data": {"data_dir": small_dataset.root}}, where="test")
+    )
+    tf.keras.utils.set_random_seed(0)
+    trainer = train_loop.Trainer(
+        cfg, str(tmp_path_factory.mktemp("run")), tf.distribute.get_strategy()
+    )
+    return export.export_saved_model(trainer, trainer.layout.export)
+
+
+def _translate(*args, stdin=None, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.translate", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=cwd or dataset_fixture.REPO,
+    )
+
+
+@pytest.fixture(scope="module")
+def from_args(export_dir):
+    result = _translate(f"--model={export_dir}", *SENTENCES)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.splitlines()
+
+
+def test_sentences_from_arguments_one_translation_per_line(from_args):
+    assert len(from_args) == len(SENTENCES)
+    assert all("\t" not in line for line in from_args)
+
+
+def test_input_file_to_output_file(export_dir, from_args, tmp_path):
+    source, output = tmp_path / "source.txt", tmp_path / "out" / "translations.txt"
+    source.write_text("".join(s + "\n" for s in SENTENCES), encoding="utf-8")
+    output.parent.mkdir()
+    result = _translate(f"--model={export_dir}", f"--input={source}", f"--output={output}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == ""
+    assert output.read_text(encoding="utf-8").splitlines() == from_args
+
+
+def test_stdin_with_two_best_hypotheses_tab_separated(export_dir, from_args):
+    stdin = "".join(s + "\n" for s in SENTENCES)
+    result = _translate(f"--model={export_dir}", "--input=-", "--n_best=2", stdin=stdin)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [len(row) for row in rows] == [2] * len(SENTENCES)
+    assert [row[0] for row in rows] == from_args
+
+
+def test_empty_input_is_refused(export_dir, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    for args, stdin in (([f"--input={empty}"], None), (["--input=-"], "")):
+        result = _translate(f"--model={export_dir}", *args, stdin=stdin)
+        assert result.returncode != 0
+        assert "Nothing to translate" in result.stderr, args
+
+
+def test_missing_model_directory_is_refused(tmp_path):
+    missing = tmp_path / "no_such_export"
+    result = _translate(f"--model={missing}", "Click OK.")
+    assert result.returncode != 0
+    assert f"{missing} is not an exported model (no saved_model.pb)" in result.stderr
+
+
+def test_model_of_another_schema_version_is_refused(export_dir, tmp_path):
+    copy = tmp_path / "export_v99"
+    shutil.copytree(export_dir, copy)
+    info_path = copy / export.EXPORT_INFO
+    info = json.loads(info_path.read_text())
+    info["schema_version"] = 99
+    info_path.write_text(json.dumps(info))
+    result = _translate(f"--model={copy}", "Click OK.")
+    assert result.returncode != 0
+    assert "was exported with schema version 99" in result.stderr
+    assert "Re-export the model" in result.stderr
+
+
+def test_saved_model_cli_shows_and_runs_the_signature(export_dir, from_args, tmp_path):
+    """`show` needs nothing else; `run` needs TF Text's ops registered in its process.
+
+    saved_model_cli has no flag to load op libraries, so `run` is its own main() after
+    `import tensorflow_text` (TF Serving's model server already links TF Text's ops).
+    """
+    binary = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    show = subprocess.run(
+        [binary, "show", "--dir", export_dir, "--tag_set", "serve"]
+        + ["--signature_def", "serving_default"],
+        capture_output=True,
+        text=True,
+    )
+    assert show.returncode == 0, show.stderr[-3000:]
+    for key in ("inputs['sources']", "outputs['translations']", "outputs['nbest']"):
+        assert key in show.stdout
+    script = (
+        "import sys\n"
+        "import tensorflow_text  # registers the tokenizer ops\n"
+        "from tensorflow.python.tools import saved_model_cli\n"
+        "sys.argv[0] = 'saved_model_cli'\n"
+        "saved_model_cli.main()\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, "run", "--dir", export_dir, "--tag_set", "serve"]
+        + ["--signature_def", "serving_default", "--input_exprs", 'sources=["Click OK."]'],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Result for output key translations:" in run.stdout
+    assert repr(from_args[0].encode("utf-8")) in run.stdout
