@@ -11,7 +11,8 @@ from typing import TextIO
 
 import yaml
 
-from launch import commands, redact, runner
+from launch import commands, runner
+from pipeline import redact
 
 API_VERSION = "kubeflow.org/v1"
 # The TFJob operator finds the training container, and sets its port, by this name.

@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Sequence
 from typing import TextIO
 
-from launch import redact
+from pipeline import redact
 
 
 class LaunchError(RuntimeError):

@@ -14,7 +14,8 @@ import tempfile
 from collections.abc import Mapping
 from typing import TextIO
 
-from launch import commands, redact, runner
+from launch import commands, runner
+from pipeline import redact
 
 REMOTE_CONFIG = "/tmp/nmt_config.yaml"
 _GCLOUD_TPU_VM = ("gcloud", "compute", "tpus", "tpu-vm")

@@ -12,7 +12,8 @@ import logging
 from collections.abc import Mapping
 from typing import TextIO
 
-from launch import commands, redact, runner
+from launch import commands, runner
+from pipeline import redact
 
 _PACKAGE = "google-cloud-aiplatform"
 

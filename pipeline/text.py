@@ -92,7 +92,8 @@ class SubwordTokenizer(tf.Module):
 
     def detokenize(self, ids: tf.RaggedTensor) -> tf.Tensor:
         """Ragged ids [batch, (pieces)] without specials -> strings [batch]."""
-        joined = self._wordpiece.detokenize(ids)
+        # The tokenizer op wants int64 row splits; ragged ops on parsed records give int32.
+        joined = self._wordpiece.detokenize(ids.with_row_splits_dtype(tf.int64))
         return tf.strings.regex_replace(tf.strings.regex_replace(joined, " ", ""), SPACE_MARK, " ")
 
     def ids_to_pieces(self, ids: tf.Tensor) -> tf.Tensor:

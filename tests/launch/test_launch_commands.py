@@ -2,8 +2,9 @@
 
 import pytest
 
-from launch import commands, redact
+from launch import commands
 from pipeline import config as config_lib
+from pipeline import redact
 
 
 def test_job_records_data_dir_and_multi_worker_strategy_in_config_and_flags():

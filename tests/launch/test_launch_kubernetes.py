@@ -13,8 +13,9 @@ import sys
 import pytest
 import yaml
 
-from launch import commands, kubernetes, redact, runner
+from launch import commands, kubernetes, runner
 from pipeline import config as config_lib
+from pipeline import redact
 
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tfjob_schema.json")
 _TYPES = {"object": dict, "array": list, "string": str, "integer": int, "boolean": bool}

@@ -1,7 +1,8 @@
-"""Hides secret values before anything is printed or logged.
+"""Hides secret values before anything is printed, logged or recorded.
 
 A name counts as secret when it contains KEY, TOKEN, SECRET, PASSWORD or CREDENTIAL (any case):
-environment variables passed with --env, and `--flag=value` or `NAME=value` words of a command.
+environment variables passed to cluster jobs, `--flag=value` or `NAME=value` words of a command,
+and Beam options recorded in metadata.json.
 """
 
 import re

@@ -1,0 +1,277 @@
+"""Readers: every kind of input becomes one PCollection of `records.Line`, one per input record.
+
+Text inputs are opened with Beam's `FileSystems`, so any filesystem Beam has a plugin for works
+(local, gs://, s3://, hdfs://) and `.gz`/`.bz2` files are decompressed by their extension. A file
+is read by one worker from start to end so every line keeps its number for the rejects file
+(give a large corpus as several files to read them in parallel); `ReadInputs` reshuffles
+afterwards so the rest of the job runs in parallel.
+"""
+
+import dataclasses
+import glob
+import itertools
+import logging
+
+import apache_beam as beam
+import tensorflow_datasets as tfds
+from apache_beam.io import fileio, filesystems
+
+from preprocessing import output_dir, records
+
+TFDS_PREFIX = "tfds:"
+
+
+@dataclasses.dataclass(frozen=True)
+class TsvInput:
+    """A `source<TAB>target` file or glob, possibly compressed."""
+
+    pattern: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignedFilesInput:
+    """Two files whose lines pair up one to one."""
+
+    source: str
+    target: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsInput:
+    """A prepared TensorFlow Datasets translation set; all its splits are read."""
+
+    name: str
+    data_dir: str | None
+
+
+InputSpec = TsvInput | AlignedFilesInput | TfdsInput
+
+
+def _split_list(values: list[str] | None) -> list[str]:
+    """Flattens repeated and comma-separated flag values."""
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
+def parse_inputs(
+    inputs: list[str] | None,
+    source_inputs: list[str] | None = None,
+    target_inputs: list[str] | None = None,
+    tfds_data_dir: str | None = None,
+) -> list[InputSpec]:
+    """Turns the input flags into input specs.
+
+    Args:
+      inputs: `--input` values: TSV paths or globs, or `tfds:NAME[/CONFIG][:VERSION]`.
+      source_inputs: `--source_input` values, paired in order with `target_inputs`.
+      target_inputs: `--target_input` values.
+      tfds_data_dir: Where TFDS sets are prepared (TFDS' default directory if None).
+
+    Returns:
+      One spec per input, in flag order.
+
+    Raises:
+      ValueError: no input at all, or source and target file lists of different lengths.
+    """
+    specs: list[InputSpec] = []
+    for value in _split_list(inputs):
+        if value.startswith(TFDS_PREFIX):
+            specs.append(TfdsInput(value[len(TFDS_PREFIX) :], tfds_data_dir))
+        else:
+            specs.append(TsvInput(value))
+    sources, targets = _split_list(source_inputs), _split_list(target_inputs)
+    if len(sources) != len(targets):
+        raise ValueError(
+            f"--source_input has {len(sources)} file(s) but --target_input has {len(targets)}; "
+            "give one target file for each source file, in the same order."
+        )
+    specs += [AlignedFilesInput(s, t) for s, t in zip(sources, targets, strict=True)]
+    if not specs:
+        raise ValueError(
+            "No input: pass --input (TSV or tfds:NAME) or --source_input/--target_input."
+        )
+    return specs
+
+
+def describe(spec: InputSpec) -> list[str]:
+    """The paths or names a spec reads, for metadata.json."""
+    if isinstance(spec, TsvInput):
+        return [spec.pattern]
+    if isinstance(spec, AlignedFilesInput):
+        return [spec.source, spec.target]
+    return [TFDS_PREFIX + spec.name]
+
+
+def check_local_inputs(specs: list[InputSpec]) -> None:
+    """Fails fast, before any worker starts, on a local input that does not exist.
+
+    Remote paths are left to the workers: the launching machine may not reach them.
+
+    Raises:
+      FileNotFoundError: naming the flag value that matches nothing.
+    """
+    for spec in specs:
+        if isinstance(spec, TfdsInput):
+            continue
+        for path in describe(spec):
+            if output_dir.is_local(path) and not glob.glob(path.removeprefix("file://")):
+                raise FileNotFoundError(f"Input {path!r} matches no file.")
+
+
+def _strip_newline(line: bytes) -> bytes:
+    return line.rstrip(b"\n").rstrip(b"\r")
+
+
+def _read_tsv_file(readable: fileio.ReadableFile):
+    path = readable.metadata.path
+    with readable.open() as f:
+        for number, line in enumerate(iter(f.readline, b""), start=1):
+            raw = _strip_newline(line)
+            yield records.Line(f"{path}:{number}", raw, tuple(raw.split(b"\t")))
+
+
+class ReadTsv(beam.PTransform):
+    """Reads one TSV path or glob; a pattern that matches nothing fails the job."""
+
+    def __init__(self, pattern: str):
+        super().__init__()
+        self._pattern = pattern
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Match" >> fileio.MatchFiles(self._pattern, fileio.EmptyMatchTreatment.DISALLOW)
+            | "Open" >> fileio.ReadMatches()
+            | "Lines" >> beam.FlatMap(_read_tsv_file)
+        )
+
+
+def _read_aligned_files(spec: AlignedFilesInput):
+    """Pairs line n of both files; lines past the shorter file are rejected one by one."""
+    with (
+        filesystems.FileSystems.open(spec.source) as source,
+        filesystems.FileSystems.open(spec.target) as target,
+    ):
+        pairs = itertools.zip_longest(iter(source.readline, b""), iter(target.readline, b""))
+        mismatch_logged = False
+        for number, (source_line, target_line) in enumerate(pairs, start=1):
+            if source_line is not None and target_line is not None:
+                fields = (_strip_newline(source_line), _strip_newline(target_line))
+                yield records.Line(f"{spec.source}:{number}", b"\t".join(fields), fields)
+                continue
+            path, line = (
+                (spec.source, source_line) if target_line is None else (spec.target, target_line)
+            )
+            if not mismatch_logged:
+                logging.warning(
+                    "%s and %s have different line counts: %s:%d has no partner; it and every "
+                    "later line are rejected as %s.",
+                    spec.source,
+                    spec.target,
+                    path,
+                    number,
+                    records.LINE_COUNT_MISMATCH,
+                )
+                mismatch_logged = True
+            raw = _strip_newline(line)
+            yield records.Line(f"{path}:{number}", raw, (raw,), records.LINE_COUNT_MISMATCH)
+
+
+class ReadAlignedFiles(beam.PTransform):
+    """Reads a source file and a target file whose lines pair up one to one."""
+
+    def __init__(self, spec: AlignedFilesInput):
+        super().__init__()
+        self._spec = spec
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Files" >> beam.Create([self._spec])
+            | "Lines" >> beam.FlatMap(_read_aligned_files)
+        )
+
+
+def translation_keys(info: tfds.core.DatasetInfo) -> tuple[str, str]:
+    """The (source, target) feature names of a TFDS translation set: its supervised keys.
+
+    Raises:
+      ValueError: the set declares no pair of supervised keys.
+    """
+    keys = info.supervised_keys
+    if not (isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys)):
+        raise ValueError(
+            f"TFDS set {info.full_name} has supervised_keys={keys!r}; a translation set with "
+            "two text features as (source, target) supervised keys is required."
+        )
+    return keys
+
+
+class _ReadTfdsShardFn(beam.DoFn):
+    """Reads one shard of one split of a prepared TFDS set."""
+
+    def __init__(self, name: str, data_dir: str | None):
+        self._name = name
+        self._data_dir = data_dir
+        self._builder = None
+
+    def setup(self):
+        self._builder = tfds.builder(self._name, data_dir=self._data_dir)
+
+    def process(self, split_and_shard: tuple[str, int]):
+        split, shard = split_and_shard
+        source_key, target_key = translation_keys(self._builder.info)
+        dataset = self._builder.as_dataset(split=f"{split}[{shard}shard]", shuffle_files=False)
+        for index, example in enumerate(tfds.as_numpy(dataset)):
+            fields = (example[source_key], example[target_key])
+            origin = f"{TFDS_PREFIX}{self._name}:{split}[{shard}shard]:{index}"
+            yield records.Line(origin, b"\t".join(fields), fields)
+
+
+class ReadTfds(beam.PTransform):
+    """Reads every split of a prepared TFDS translation set, one shard per work item.
+
+    The set's `dataset_info.json` is read when the pipeline is built, to list the shards.
+    """
+
+    def __init__(self, spec: TfdsInput):
+        super().__init__()
+        self._spec = spec
+
+    def expand(self, pbegin):
+        builder = tfds.builder(self._spec.name, data_dir=self._spec.data_dir)
+        if not builder.info.splits.total_num_examples:
+            raise ValueError(
+                f"TFDS set {self._spec.name!r} has no prepared examples in "
+                f"{builder.data_dir}: prepare it there or pass --tfds_data_dir."
+            )
+        translation_keys(builder.info)
+        shards = [
+            (split, shard)
+            for split, info in sorted(builder.info.splits.items())
+            for shard in range(len(info.shard_lengths))
+        ]
+        return (
+            pbegin
+            | "Shards" >> beam.Create(shards)
+            | "Examples" >> beam.ParDo(_ReadTfdsShardFn(self._spec.name, self._spec.data_dir))
+        )
+
+
+def _reader(spec: InputSpec) -> beam.PTransform:
+    if isinstance(spec, TsvInput):
+        return ReadTsv(spec.pattern)
+    if isinstance(spec, AlignedFilesInput):
+        return ReadAlignedFiles(spec)
+    return ReadTfds(spec)
+
+
+class ReadInputs(beam.PTransform):
+    """Reads every input into one PCollection of `records.Line`, spread over the workers."""
+
+    def __init__(self, specs: list[InputSpec]):
+        super().__init__()
+        self._specs = specs
+
+    def expand(self, pbegin):
+        lines = [pbegin | f"Read{index}" >> _reader(spec) for index, spec in enumerate(self._specs)]
+        return lines | "Flatten" >> beam.Flatten() | "Spread" >> beam.Reshuffle()

@@ -1,0 +1,227 @@
+"""nmt-preprocess: raw parallel text -> sharded TFRecords, vocabularies and metadata.json.
+
+Every flag of the job is defined here; every other argument goes to Beam's PipelineOptions
+unchanged, so the same command runs on any runner, e.g.
+
+    nmt-preprocess --input=data/en-de.libreoffice-help.tsv.gz --output_dir=/tmp/en-de \
+        --direct_running_mode=multi_processing --direct_num_workers=2
+    nmt-preprocess --input=gs://bucket/corpus/*.tsv.gz --output_dir=gs://bucket/en-de \
+        --runner=DataflowRunner --project=P --region=R --temp_location=gs://bucket/tmp \
+        --setup_file=./setup.py
+
+The default runner is the DirectRunner.
+"""
+
+import argparse
+import json
+import logging
+import time
+
+import apache_beam as beam
+from apache_beam.options import pipeline_options
+
+from pipeline import metadata as metadata_lib
+from pipeline import paths, redact
+from preprocessing import dry_run, io, output_dir, pipeline_def, vocabulary
+
+_DEFAULTS = pipeline_def.PreprocessConfig(inputs=())
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nmt-preprocess",
+        description=__doc__.split("\n", 1)[0],
+        epilog="Every other --option is passed to Beam's PipelineOptions (--runner, "
+        "--direct_running_mode, --direct_num_workers, --project, --setup_file, ...).",
+        # No prefix matching: an abbreviation must never swallow a Beam option.
+        allow_abbrev=False,
+    )
+    add = parser.add_argument
+    add(
+        "--input",
+        action="append",
+        help="TSV path or glob (source<TAB>target, .gz ok), or "
+        "tfds:NAME[/CONFIG][:VERSION]; repeat or separate with commas.",
+    )
+    add("--source_input", action="append", help="Source side of line-aligned files; repeatable.")
+    add("--target_input", action="append", help="Target side, one per --source_input, in order.")
+    add("--tfds_data_dir", default=None, help="Where tfds: inputs are prepared (TFDS default).")
+    add("--reverse", action="store_true", help="Swap source and target of every input.")
+    add("--output_dir", required=True, help="Dataset directory (local path or gs://...).")
+    add("--overwrite", action="store_true", help="Replace an existing output directory.")
+    add("--vocab_size", type=int, default=_DEFAULTS.vocab.size, help="Largest vocabulary size.")
+    add("--shared_vocab", action="store_true", help="One vocabulary for source and target.")
+    add(
+        "--vocab_min_count",
+        type=int,
+        default=_DEFAULTS.vocab.min_count,
+        help="Fewest training-split occurrences of a kept piece.",
+    )
+    add(
+        "--vocab_iterations",
+        type=int,
+        default=_DEFAULTS.vocab.iterations,
+        help="WordPiece learner refinement passes.",
+    )
+    add(
+        "--vocab_max_words",
+        type=int,
+        default=_DEFAULTS.vocab.max_words,
+        help="Most frequent distinct words the learner sees (0: --vocab_size).",
+    )
+    add(
+        "--max_length",
+        type=int,
+        default=_DEFAULTS.max_length,
+        help="Longest side in subword pieces (BOS/EOS excluded).",
+    )
+    add(
+        "--max_chars",
+        type=int,
+        default=_DEFAULTS.max_chars,
+        help="Longest raw side in characters (0: no limit).",
+    )
+    add(
+        "--max_length_ratio",
+        type=float,
+        default=_DEFAULTS.max_length_ratio,
+        help="Largest longer/shorter length ratio in pieces (0: no limit).",
+    )
+    add("--dev_fraction", type=float, default=_DEFAULTS.dev_fraction, help="Share in dev.")
+    add("--test_fraction", type=float, default=_DEFAULTS.test_fraction, help="Share in test.")
+    add("--num_shards", type=int, default=0, help="TFRecord shards per split (0: automatic).")
+    add(
+        "--dry_run",
+        action="store_true",
+        help="Translate the pipeline for the chosen runner and print it; run nothing.",
+    )
+    return parser
+
+
+def _config(args: argparse.Namespace) -> pipeline_def.PreprocessConfig:
+    inputs = io.parse_inputs(args.input, args.source_input, args.target_input, args.tfds_data_dir)
+    return pipeline_def.PreprocessConfig(
+        inputs=tuple(inputs),
+        reverse=args.reverse,
+        max_chars=args.max_chars,
+        max_length=args.max_length,
+        max_length_ratio=args.max_length_ratio,
+        dev_fraction=args.dev_fraction,
+        test_fraction=args.test_fraction,
+        num_shards=args.num_shards,
+        vocab=vocabulary.VocabParams(
+            size=args.vocab_size,
+            shared=args.shared_vocab,
+            min_count=args.vocab_min_count,
+            iterations=args.vocab_iterations,
+            max_words=args.vocab_max_words,
+        ),
+    )
+
+
+def _check_reachable(config: pipeline_def.PreprocessConfig, output: str, runner: str) -> None:
+    """Refuses local paths for Dataflow, whose workers cannot see this machine's disk.
+
+    Raises:
+      ValueError: naming the local paths.
+    """
+    if not runner.endswith("DataflowRunner"):
+        return
+    used = [output]
+    for spec in config.inputs:
+        tfds_dir = isinstance(spec, io.TfdsInput) and (spec.data_dir or "~/tensorflow_datasets")
+        used += [tfds_dir] if tfds_dir else io.describe(spec)
+    local = [path for path in used if output_dir.is_local(path)]
+    if local:
+        raise ValueError(
+            f"{runner} workers cannot read or write this machine's files: {', '.join(local)}. "
+            "Use Cloud Storage paths (gs://...)."
+        )
+
+
+def _json_safe(values: dict) -> dict:
+    return json.loads(json.dumps(values, default=str))
+
+
+def _recorded_options(options: pipeline_options.PipelineOptions) -> dict:
+    """The Beam options the user set, as metadata.json records them, credentials masked."""
+    recorded = _json_safe(options.get_all_options(drop_default=True))
+    return {
+        name: redact.REDACTED if isinstance(value, str) and redact.is_secret(name) else value
+        for name, value in recorded.items()
+    }
+
+
+def _summary(metadata: dict, elapsed: float, where: str) -> str:
+    counts = metadata["counts"]
+    written = counts["written"]
+    rejected = {reason: n for reason, n in counts["rejected"].items() if n}
+    vocab = metadata["vocab"]
+    rows = [
+        f"Preprocessing finished in {elapsed:.1f} s: {where}",
+        f"  read      {counts['read']}",
+        "  written   " + ", ".join(f"{split} {written[split]}" for split in paths.SPLITS),
+        f"  rejected  {sum(rejected.values())}"
+        + "".join(f", {reason} {n}" for reason, n in sorted(rejected.items())),
+        "  vocab     "
+        + ("shared, " if vocab["shared"] else "")
+        + ", ".join(f"{side} {vocab[side]['size']}" for side in vocabulary.SIDES),
+        "  shards    " + ", ".join(f"{s} {n}" for s, n in metadata["num_shards"].items()),
+    ]
+    return "\n".join(rows)
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Runs the job (or the dry run) with `argv` (default: the command line)."""
+    logging.getLogger().setLevel(logging.INFO)
+    # Beam narrates every worker handshake and stage at INFO; keep its warnings and errors.
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    parser = _parser()
+    args, beam_args = parser.parse_known_args(argv)
+    options = pipeline_options.PipelineOptions(beam_args)
+    standard = options.view_as(pipeline_options.StandardOptions)
+    standard.runner = standard.runner or "DirectRunner"
+    try:
+        config = _config(args)
+        _check_reachable(config, args.output_dir, standard.runner)
+        io.check_local_inputs(list(config.inputs))
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))
+    settings = {
+        "beam_options": _recorded_options(options),
+        "flags": _json_safe(vars(args)),
+    }
+
+    if args.dry_run:
+        pipeline = beam.Pipeline(options=options)
+        pipeline_def.build(
+            pipeline, config, paths.DatasetLayout(args.output_dir), settings, time.time()
+        )
+        # The dry run's product is this text on stdout, for a person or a CI log to read.
+        print(dry_run.describe(dry_run.translate(pipeline, options), standard.runner))
+        return
+
+    try:
+        staging = output_dir.prepare(args.output_dir, args.overwrite)
+    except output_dir.OutputExistsError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    start = time.time()
+    logging.info(
+        "Preprocessing %s into %s with the %s.",
+        ", ".join(path for spec in config.inputs for path in io.describe(spec)),
+        staging,
+        standard.runner,
+    )
+    try:
+        with beam.Pipeline(options=options) as pipeline:
+            pipeline_def.build(pipeline, config, paths.DatasetLayout(staging), settings, start)
+    except BaseException:
+        output_dir.abandon(staging, args.output_dir)
+        raise
+    output_dir.commit(staging, args.output_dir)
+    metadata = metadata_lib.read_metadata(paths.DatasetLayout(args.output_dir))
+    logging.info("%s", _summary(metadata, time.time() - start, args.output_dir))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,158 @@
+"""The preprocessing pipeline, defined once for every runner.
+
+ReadInputs -> CleanPairs -> DropDuplicates -> AssignSplits -> TokenizePairs -> FilterLengths
+                                                   |                ^               |
+                                      train only -> LearnVocabularies      EncodeExamples
+                                                   (side input)                     |
+rejects of CleanPairs, DropDuplicates and FilterLengths --------------------> WriteFiles
+counts, fingerprint, histograms, vocabulary and file lists -> WriteMetadata (COMPLETED last)
+"""
+
+import dataclasses
+
+import apache_beam as beam
+
+from pipeline import paths
+from preprocessing import clean, encode, io, records, split, summary, vocabulary, write
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """What the job does; built from flags by `preprocessing.main` and nothing else.
+
+    Attributes:
+      inputs: Input specs from `io.parse_inputs`.
+      reverse: Swap source and target of every input.
+      max_chars: Longest raw side in characters (0: no limit).
+      max_length: Longest side in subword pieces.
+      max_length_ratio: Largest longer/shorter ratio in pieces (0: no limit).
+      dev_fraction: Share of source sentences in dev.
+      test_fraction: Share of source sentences in test.
+      num_shards: TFRecord shards per split (0: automatic).
+      vocab: How vocabularies are learned.
+    """
+
+    inputs: tuple[io.InputSpec, ...]
+    reverse: bool = False
+    max_chars: int = 1000
+    max_length: int = 64
+    max_length_ratio: float = 9.0
+    dev_fraction: float = 0.03
+    test_fraction: float = 0.03
+    num_shards: int = 0
+    vocab: vocabulary.VocabParams = vocabulary.VocabParams()
+
+    def __post_init__(self):
+        split.check_fractions(self.dev_fraction, self.test_fraction)
+        for name in ("max_chars", "num_shards", "max_length_ratio"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must not be negative, got {getattr(self, name)}.")
+        if self.max_length < 1:
+            raise ValueError(f"--max_length must be positive, got {self.max_length}.")
+        if 0 < self.max_length_ratio < 1:
+            raise ValueError(
+                f"--max_length_ratio={self.max_length_ratio} would reject every pair: a ratio "
+                "of longer to shorter side is at least 1 (use 0 for no limit)."
+            )
+
+
+REJECTS = "rejects"
+# tf.data gives each input worker whole shard files; a few shards per split let up to that many
+# workers (MultiWorkerMirrored, TPU hosts) share even a small dataset.
+MIN_AUTO_SHARDS = 4
+
+
+def file_sets(layout: paths.DatasetLayout, num_shards: int) -> dict[str, write.FileSet]:
+    """Where the job's records go: one TFRecord file set per split, and the rejects."""
+    sets = {
+        split_name: write.FileSet(
+            layout.shard_prefix(split_name),
+            ".tfrecord",
+            write.TFRECORD,
+            num_shards,
+            MIN_AUTO_SHARDS,
+        )
+        for split_name in paths.SPLITS
+    }
+    sets[REJECTS] = write.FileSet(layout.rejects_prefix, ".tsv", write.TEXT)
+    return sets
+
+
+def _format_reject(reject: records.Reject) -> tuple[str, bytes]:
+    return REJECTS, records.format_reject(reject).encode("utf-8")
+
+
+def _reason(reject: records.Reject) -> str:
+    return reject.reason
+
+
+def _is_train(split_and_pair) -> bool:
+    return split_and_pair[0] == split.TRAIN
+
+
+def build(
+    pipeline: beam.Pipeline,
+    config: PreprocessConfig,
+    layout: paths.DatasetLayout,
+    settings: dict,
+    start_time: float,
+) -> beam.PCollection:
+    """Adds the whole job to `pipeline`; returns the PCollection of the metadata dict.
+
+    Args:
+      pipeline: The pipeline to build into (any runner).
+      config: What to do.
+      layout: Where to write.
+      settings: 'beam_options' and 'flags' recorded in metadata.json.
+      start_time: `time.time()` when the job started, for 'elapsed_seconds'.
+    """
+    lines = pipeline | "ReadInputs" >> io.ReadInputs(list(config.inputs))
+    pairs, malformed = lines | "CleanPairs" >> clean.CleanPairs(config.max_chars, config.reverse)
+    unique, duplicates = pairs | "DropDuplicates" >> clean.DropDuplicates()
+    split_pairs = unique | "AssignSplits" >> split.AssignSplits(
+        config.dev_fraction, config.test_fraction
+    )
+    vocabularies = (
+        split_pairs
+        | "TrainOnly" >> beam.Filter(_is_train)
+        | "TrainPairs" >> beam.Values()
+        | "LearnVocabularies" >> vocabulary.LearnVocabularies(config.vocab)
+    )
+    vocabulary_info = vocabularies | "WriteVocabularies" >> vocabulary.WriteVocabularies(layout)
+    kept, length_rejects = (
+        split_pairs
+        | "TokenizePairs" >> encode.TokenizePairs(vocabularies)
+        | "FilterLengths" >> encode.FilterLengths(config.max_length, config.max_length_ratio)
+    )
+    examples = kept | "EncodeExamples" >> encode.EncodeExamples()
+    rejects = (malformed, duplicates, length_rejects) | "AllRejects" >> beam.Flatten()
+    formatted_rejects = rejects | "FormatRejects" >> beam.Map(_format_reject)
+    files = (
+        (examples, formatted_rejects)
+        | "AllRecords" >> beam.Flatten()
+        | "WriteFiles" >> write.WriteFileSets(file_sets(layout, config.num_shards))
+    )
+
+    results = {
+        "read": lines | "CountRead" >> beam.combiners.Count.Globally(),
+        "input_fingerprint": lines
+        | "FingerprintInput" >> beam.CombineGlobally(summary.InputFingerprint()),
+        "written": examples
+        | "SplitNames" >> beam.Keys()
+        | "CountWritten" >> beam.combiners.Count.PerElement(),
+        "rejected": rejects
+        | "Reasons" >> beam.Map(_reason)
+        | "CountRejected" >> beam.combiners.Count.PerElement(),
+        "vocabularies": vocabulary_info,
+        "histogram": kept | "LengthHistogram" >> summary.LengthHistogram(),
+        "files": files,
+    }
+    settings = {
+        **settings,
+        "shared_vocab": config.vocab.shared,
+        "max_length": config.max_length,
+        "input_paths": [path for spec in config.inputs for path in io.describe(spec)],
+    }
+    return pipeline | "WriteMetadata" >> summary.WriteMetadata(
+        layout, settings, start_time, results
+    )

@@ -1,0 +1,84 @@
+"""Tokenization with the shared tokenizer, piece-length filters and the one record format."""
+
+import apache_beam as beam
+import pytest
+import tensorflow as tf
+from apache_beam.testing import test_pipeline, util
+
+from pipeline import features, text
+from pipeline import vocab as vocab_lib
+from preprocessing import encode, records
+
+_CHARS = sorted(set("abcdefghijklmnopqrstuvwxyzHO." + text.SPACE_MARK))
+_TOKENS = [
+    *vocab_lib.RESERVED_TOKENS,
+    "Open",
+    "\u2581the",
+    "\u2581file",
+    *_CHARS,
+    *(vocab_lib.SUFFIX_INDICATOR + c for c in _CHARS),
+]
+
+
+def _tokenized(source_ids, target_ids, split="train"):
+    return records.TokenizedPair(split, source_ids, target_ids, records.Pair("s", "t", "f:1", b"r"))
+
+
+def test_tokenize_pairs_matches_the_trainers_tokenizer():
+    sentences = ["Open the file.", "Hello there", "zz"]
+    tokenizer = text.SubwordTokenizer(_TOKENS)
+    expected_ids = tokenizer.tokenize(tf.constant(sentences)).to_list()
+    pairs = [
+        (split, records.Pair(s, s, f"f:{i}", b""))
+        for i, (split, s) in enumerate(zip(["train", "dev", "test"], sentences, strict=True))
+    ]
+    with test_pipeline.TestPipeline() as p:
+        vocabs = p | "Vocabs" >> beam.Create([("source", _TOKENS), ("target", _TOKENS)])
+        tokenized = p | beam.Create(pairs) | encode.TokenizePairs(vocabs)
+        util.assert_that(
+            tokenized,
+            util.equal_to(
+                [
+                    records.TokenizedPair(split, ids, ids, pair)
+                    for (split, pair), ids in zip(pairs, expected_ids, strict=True)
+                ]
+            ),
+        )
+    assert expected_ids[0] == [4, 5, 6, _TOKENS.index(".")]
+
+
+@pytest.mark.parametrize(
+    "lengths, problem",
+    [
+        ((3, 3), None),
+        ((4, 1), records.BAD_LENGTH_RATIO),
+        ((3, 1), None),
+        ((5, 6), records.TOO_LONG),
+        ((5, 5), None),
+    ],
+)
+def test_length_problem(lengths, problem):
+    assert encode.length_problem(*lengths, max_length=5, max_length_ratio=3.0) == problem
+    assert encode.length_problem(*lengths, max_length=9, max_length_ratio=0) is None
+
+
+def test_filter_lengths_rejects_with_origin_and_raw_line():
+    kept = _tokenized([1, 2], [3, 4])
+    too_long = _tokenized([1] * 9, [2] * 9)
+    with test_pipeline.TestPipeline() as p:
+        good, rejects = p | beam.Create([kept, too_long]) | encode.FilterLengths(8, 3.0)
+        util.assert_that(good, util.equal_to([kept]))
+        util.assert_that(
+            rejects,
+            util.equal_to([records.Reject(records.TOO_LONG, "f:1", b"r")]),
+            label="CheckRejects",
+        )
+
+
+def test_encoded_example_parses_with_the_one_feature_spec():
+    split, record = encode.encode(_tokenized([5, 6], [7], split="dev"))
+    parsed = features.parse_example(tf.constant(record))
+    assert split == "dev"
+    assert parsed[features.SOURCE_IDS].numpy().tolist() == [5, 6]
+    assert parsed[features.TARGET_IDS].numpy().tolist() == [7]
+    assert parsed[features.SOURCE_TEXT].numpy() == b"s"

@@ -1,0 +1,225 @@
+"""The whole job through its entry point: nothing lost, every reason named, output as contracted."""
+
+import glob
+import os
+import shutil
+
+import pytest
+import tensorflow as tf
+
+from pipeline import features, paths, text
+from pipeline import metadata as metadata_lib
+from pipeline import vocab as vocab_lib
+from preprocessing import main, records
+from tests.preprocessing import conftest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _argv(corpus, output_dir, *extra):
+    return [
+        f"--input={corpus['tsv']}",
+        f"--source_input={corpus['source']}",
+        f"--target_input={corpus['target']}",
+        f"--output_dir={output_dir}",
+        *conftest.FLAGS,
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def dirty_run(dirty_corpus, tmp_path_factory):
+    """The dirty corpus preprocessed once with the default (in-process) DirectRunner."""
+    output_dir = str(tmp_path_factory.mktemp("dirty_run") / "dataset")
+    main.run(_argv(dirty_corpus, output_dir))
+    layout = paths.DatasetLayout(output_dir)
+    return layout, metadata_lib.read_metadata(layout)
+
+
+def _rejects(layout):
+    rejects = {}
+    for path in glob.glob(layout.rejects_pattern):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                reason, origin, _ = line.rstrip("\n").split("\t")
+                rejects[origin] = reason
+    return rejects
+
+
+def _examples(layout, split):
+    files = sorted(glob.glob(layout.shard_pattern(split)))
+    return [features.parse_example(r) for r in tf.data.TFRecordDataset(files)]
+
+
+def test_nothing_is_lost_and_every_reject_has_its_reason_and_origin(dirty_run, dirty_corpus):
+    layout, metadata = dirty_run
+    counts = metadata["counts"]
+    assert counts["read"] == dirty_corpus["lines"]
+    assert counts["read"] == sum(counts["written"].values()) + sum(counts["rejected"].values())
+    assert _rejects(layout) == dirty_corpus["expected"]
+    assert all(counts["rejected"][reason] for reason in records.REJECT_REASONS)
+    assert all(counts["written"][split] for split in paths.SPLITS)
+
+
+def test_output_layout_and_metadata_follow_the_contract(dirty_run):
+    layout, metadata = dirty_run
+    metadata_lib.check_compatible(metadata, layout)
+    for split in paths.SPLITS:
+        shards = glob.glob(layout.shard_pattern(split))
+        assert len(shards) == metadata["num_shards"][split] == 4
+        assert len(_examples(layout, split)) == metadata["counts"]["written"][split]
+    histogram = metadata["length_histograms"]["source"]
+    assert sum(histogram.values()) == sum(metadata["counts"]["written"].values())
+    assert max(int(length) for length in histogram) <= metadata["max_length"] == 24
+    assert metadata["vocab"]["shared"] is False
+    assert metadata["beam_options"]["runner"] == "DirectRunner"
+    assert metadata["input"]["fingerprint"].startswith("sha256-multiset:")
+    parent = os.path.dirname(layout.root)
+    assert os.listdir(parent) == ["dataset"]  # No staging directory left behind.
+
+
+def test_records_hold_ids_without_specials_that_detokenize_to_their_text(dirty_run):
+    layout, _ = dirty_run
+    tokenizers = {
+        side: text.SubwordTokenizer(vocab_lib.load_vocabulary(layout.vocabulary(side)))
+        for side in ("source", "target")
+    }
+    examples = _examples(layout, "train")
+    for side, ids_key, text_key in (
+        ("source", features.SOURCE_IDS, features.SOURCE_TEXT),
+        ("target", features.TARGET_IDS, features.TARGET_TEXT),
+    ):
+        ids = tf.ragged.constant([e[ids_key].numpy().tolist() for e in examples], tf.int32)
+        specials = {vocab_lib.PAD_ID, vocab_lib.BOS_ID, vocab_lib.EOS_ID}
+        assert not specials & set(ids.flat_values.numpy().tolist())
+        decoded = tokenizers[side].detokenize(ids).numpy().tolist()
+        assert decoded == [e[text_key].numpy() for e in examples]
+    assert "Caf\u00e9 open." in {e[features.SOURCE_TEXT].numpy().decode() for e in examples} | {
+        e[features.SOURCE_TEXT].numpy().decode()
+        for split in ("dev", "test")
+        for e in _examples(layout, split)
+    }
+
+
+def test_vocabulary_is_learned_from_the_training_split_only(dirty_run):
+    layout, _ = dirty_run
+    held_out = {source for source, _ in conftest.leak_probe_pairs()}
+    written = {
+        e[features.SOURCE_TEXT].numpy().decode()
+        for split in ("dev", "test")
+        for e in _examples(layout, split)
+    }
+    assert held_out <= written
+    source_vocab = vocab_lib.load_vocabulary(layout.vocabulary("source"))
+    assert not [token for token in source_vocab if "\u00f8" in token]
+
+
+def test_rerun_refuses_then_overwrite_replaces(dirty_run, dirty_corpus, tmp_path, capsys):
+    layout, metadata = dirty_run
+    output_dir = str(tmp_path / "copy")
+    shutil.copytree(layout.root, output_dir)
+    with pytest.raises(SystemExit) as exit_info:
+        main.run(_argv(dirty_corpus, output_dir))
+    assert exit_info.value.code == 2
+    assert "already holds a complete dataset" in capsys.readouterr().err
+    secret = "--s3_secret_access_key=hunter2"
+    main.run(_argv(dirty_corpus, output_dir, "--overwrite", "--shared_vocab", secret))
+    rerun = metadata_lib.read_metadata(paths.DatasetLayout(output_dir))
+    assert rerun["beam_options"]["s3_secret_access_key"] == "REDACTED"
+    assert rerun["vocab"]["shared"] is True
+    assert rerun["vocab"]["source"] == rerun["vocab"]["target"]
+    assert rerun["counts"]["read"] == metadata["counts"]["read"]
+    assert sorted(os.listdir(tmp_path)) == ["copy"]
+
+
+def test_failed_run_leaves_no_partial_output(tmp_path):
+    corpus = tmp_path / "bad.tsv"
+    corpus.write_text("no tab here\nnor here\n")
+    output_dir = tmp_path / "out"
+    with pytest.raises(Exception, match="training split is empty"):
+        main.run([f"--input={corpus}", f"--output_dir={output_dir}"])
+    assert sorted(os.listdir(tmp_path)) == ["bad.tsv"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--input=x.tsv", "--runner=DataflowRunner"], "workers cannot read or write"),
+        (["--source_input=a.en"], "--source_input has 1 file"),
+        (["--input=/nonexistent/*.tsv"], "matches no file"),
+        (["--input=x.tsv", "--dev_fraction=0.6", "--test_fraction=0.5"], "leaves nothing"),
+    ],
+)
+def test_bad_flags_exit_with_a_message(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.run([*argv, f"--output_dir={tmp_path / 'out'}"])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_tfds_input_runs_end_to_end(tfds_data_dir, tmp_path):
+    output_dir = str(tmp_path / "out")
+    main.run(
+        [
+            f"--input=tfds:{conftest.TFDS_NAME}",
+            f"--tfds_data_dir={tfds_data_dir}",
+            f"--output_dir={output_dir}",
+            *conftest.FLAGS,
+        ]
+    )
+    metadata = metadata_lib.read_metadata(paths.DatasetLayout(output_dir))
+    assert metadata["counts"]["read"] == 40
+    assert sum(metadata["counts"]["written"].values()) == 40
+    assert metadata["input"]["paths"] == [f"tfds:{conftest.TFDS_NAME}"]
+
+
+def test_dry_run_translates_for_dataflow_and_ships_the_package(tmp_path, capsys):
+    # A copy of the distribution, so building its sdist leaves no files in the checkout.
+    package = tmp_path / "src"
+    package.mkdir()
+    shutil.copy(os.path.join(REPO, "setup.py"), package)
+    for name in ("pipeline", "preprocessing"):
+        shutil.copytree(os.path.join(REPO, name), package / name)
+    main.run(
+        [
+            "--input=gs://example-bucket/corpus/*.tsv.gz",
+            "--output_dir=gs://example-bucket/datasets/en-de",
+            "--dry_run",
+            "--runner=DataflowRunner",
+            "--project=example-project",
+            "--region=europe-west4",
+            "--temp_location=gs://example-bucket/tmp",
+            f"--setup_file={package / 'setup.py'}",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "Dry run for DataflowRunner" in out
+    assert "beam:env:docker:v1 apache/beam_python3.11_sdk" in out
+    assert "workflow.tar.gz" in out  # The sdist Dataflow workers install.
+    for step in ("ReadInputs", "LearnVocabularies", "TokenizePairs", "WriteFiles", "WriteMetadata"):
+        assert step in out
+
+
+@pytest.mark.slow
+def test_multi_processing_gives_the_same_dataset(dirty_run, dirty_corpus, tmp_path):
+    layout, metadata = dirty_run
+    output_dir = str(tmp_path / "multi")
+    main.run(
+        _argv(
+            dirty_corpus,
+            output_dir,
+            "--direct_running_mode=multi_processing",
+            "--direct_num_workers=2",
+        )
+    )
+    multi_layout = paths.DatasetLayout(output_dir)
+    multi = metadata_lib.read_metadata(multi_layout)
+    for key in ("counts", "vocab", "length_histograms", "input", "num_shards"):
+        assert multi[key] == metadata[key], key
+    assert multi["beam_options"]["direct_num_workers"] == 2
+    for split in paths.SPLITS:
+        for shard in range(4):
+            name = f"{split}/{split}-{shard:05d}-of-00004.tfrecord"
+            expected = list(tf.data.TFRecordDataset(os.path.join(layout.root, name)))
+            actual = list(tf.data.TFRecordDataset(os.path.join(output_dir, name)))
+            assert sorted(r.numpy() for r in actual) == sorted(r.numpy() for r in expected)
