@@ -104,6 +104,7 @@ def main(argv=None) -> None:
         print(f"  {source}\n    -> {translation}")
     print(f"dataset: {data_layout.root}   run: {run_layout.root}")
     print(f"SavedModel: {run_layout.export}")
+    print(f"plots (training curves, attention heatmaps): {run_layout.plots}")
     print(f"TensorBoard: tensorboard --logdir {os.path.dirname(run_layout.summaries('train'))}")
     stage_times = "  ".join(f"{k} {v:.0f}s" for k, v in times.items())
     print(f"time: {stage_times}  total {time.time() - started:.0f}s")

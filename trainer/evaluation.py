@@ -49,8 +49,12 @@ class Evaluator:
         self.model = task.model
         self.target_tokenizer = target_tokenizer
         self.data_cfg = data_cfg
-        self._loss_fn = tf.function(self._batch_loss)
-        self._beam_fn = tf.function(self._beam)
+        # One trace for every batch shape: eval batches are padded to their longest pair.
+        self._loss_fn = tf.function(self._batch_loss, reduce_retracing=True)
+        ids = tf.TensorSpec([None, None], tf.int32)
+        self._beam_fn = tf.function(
+            self._beam, input_signature=[ids, tf.TensorSpec([None], tf.int32)]
+        )
 
     def _batch_loss(self, batch):
         _, tokens, nll = self.task.loss(batch, tf.constant(0, tf.int64), training=False)

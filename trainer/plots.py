@@ -184,8 +184,11 @@ def write_attention_summaries(seq2seq, source_tokenizer, target_tokenizer, sente
         tf.summary.image(f"attention/{i}", attention_image(alignment), step=step)
 
 
+_PROSE_WORDS = (6, 16)
+
+
 def save_run_plots(trainer, num_sentences: int = 3) -> list[str]:
-    """Writes a run's training curves and its first dev sentences' heatmaps into its plots/.
+    """Writes a run's training curves and a few dev sentences' heatmaps into its plots/.
 
     Args:
       trainer: a `train_loop.Trainer` holding the weights to picture (e.g. the exported ones).
@@ -203,8 +206,11 @@ def save_run_plots(trainer, num_sentences: int = 3) -> list[str]:
         )
     ]
     sentences = []
-    for batch in data.make_eval_dataset(trainer.cfg.data, "dev", num_sentences, with_text=True):
+    for batch in data.make_eval_dataset(trainer.cfg.data, "dev", 500, with_text=True):
         sentences += [s.decode("utf-8") for s in batch[features.SOURCE_TEXT].numpy()]
+    # Prefer real sentences to headings and formulas: they make readable alignments.
+    prose = [s for s in sentences if _PROSE_WORDS[0] <= len(s.split()) <= _PROSE_WORDS[1]]
+    sentences = (prose or sentences)[:num_sentences]
     if sentences:
         source_tokenizer = text.SubwordTokenizer(trainer.source_tokens)
         pictures = attention_for_sentences(

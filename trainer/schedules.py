@@ -30,11 +30,15 @@ def build_optimizer(cfg: config_lib.TrainConfig) -> tf.keras.mixed_precision.Los
     """Adam on the warmup/decay schedule, inside a dynamic LossScaleOptimizer.
 
     The wrapper is the NaN/Inf guard for every precision: it skips an update whose gradients are
-    not finite, across replicas, and still advances the step. Only float16 actually scales the
-    loss (from 2**15); otherwise the scale starts at 1 and is never applied to the loss.
+    not finite, across replicas, and still advances the step. float16 needs real loss scaling
+    (from 2**15, growing); elsewhere the scale starts at 1 and never grows, so scaling is exact
+    (only a skipped step halves it: a power of two, still exact).
     """
     adam = tf.keras.optimizers.Adam(
         WarmupDecay(cfg.learning_rate, cfg.warmup_steps, cfg.decay), epsilon=1e-8
     )
-    initial_scale = 2.0**15 if cfg.mixed_precision == "mixed_float16" else 1.0
-    return tf.keras.mixed_precision.LossScaleOptimizer(adam, initial_scale=initial_scale)
+    if cfg.mixed_precision == "mixed_float16":
+        return tf.keras.mixed_precision.LossScaleOptimizer(adam, initial_scale=2.0**15)
+    return tf.keras.mixed_precision.LossScaleOptimizer(
+        adam, initial_scale=1.0, dynamic_growth_steps=2**31 - 1
+    )

@@ -78,13 +78,12 @@ class TranslationTask:
         with tf.GradientTape() as tape:
             loss_sum, tokens, nll_sum = self.loss(batch, step, training=True)
             loss = loss_sum / global_batch
-            scaled = self.optimizer.get_scaled_loss(loss) if self._loss_scaled() else loss
+            scaled = self.optimizer.get_scaled_loss(loss)
         grads = tape.gradient(scaled, variables)
         grads = [tf.convert_to_tensor(g) for g in grads]
         context = tf.distribute.get_replica_context()
         grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        if self._loss_scaled():
-            grads = self.optimizer.get_unscaled_gradients(grads)
+        grads = self.optimizer.get_unscaled_gradients(grads)
         clip = self.cfg.train.clip_norm
         norm = tf.linalg.global_norm(grads)
         if clip > 0:
@@ -103,6 +102,3 @@ class TranslationTask:
             "grad_norm": norm / tf.cast(context.num_replicas_in_sync, tf.float32),
             "nonfinite": 1.0 - tf.cast(finite, tf.float32),
         }
-
-    def _loss_scaled(self) -> bool:
-        return self.cfg.train.mixed_precision == "mixed_float16"

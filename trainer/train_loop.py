@@ -334,7 +334,10 @@ class Trainer:
         rate = (tokens + totals["source_tokens"]) / max(seconds, 1e-9)
         done = step - start_step
         remaining = self.cfg.train.train_steps - step
-        eta = (time.time() - started) / max(done, 1) * remaining
+        elapsed = time.time() - started
+        eta = elapsed / max(done, 1) * remaining
+        if self.cfg.train.max_train_seconds:
+            eta = min(eta, max(self.cfg.train.max_train_seconds - elapsed, 0.0))
         record = {
             "step": step,
             "loss": round(loss, 4),

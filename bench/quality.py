@@ -1,0 +1,82 @@
+"""Translation quality against training time: test BLEU and chrF after given training minutes.
+
+Trains a config (default: the reference `attention_seq2seq/base`) on the bundled dataset and, each
+time the training clock passes a mark, scores the whole test split with beam search (sacreBLEU on
+detokenized text, with its signature). The clock counts training only (input, steps, logging);
+it stops while a mark is scored, so the curve is comparable with another system's "minutes after
+launch" up to its own evaluation cost. Run it alone: 2 cores, and any other job slows training.
+
+  .venv/bin/python bench/quality.py --minutes 5,10,20 [--params_override ...]
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", default=common.DEFAULT_DATA_DIR)
+    parser.add_argument("--minutes", default="5,10,20", help="Comma-separated marks.")
+    parser.add_argument("--experiment", default="attention_seq2seq/base")
+    parser.add_argument("--params_override", default="")
+    parser.add_argument("--name", default="quality", help="Results file name (bench/results/).")
+    args = parser.parse_args()
+    marks = sorted(float(m) for m in args.minutes.split(","))
+    data_dir = common.ensure_dataset(args.data_dir)
+
+    import tensorflow as tf
+
+    from pipeline import config
+    from trainer import train_loop
+
+    overrides = f"data.data_dir={data_dir},train.train_steps=10000000"
+    if args.params_override:
+        overrides += "," + args.params_override
+    cfg = config.build_config(args.experiment, params_override=overrides)
+    rows = []
+    with tempfile.TemporaryDirectory() as model_dir:
+        trainer = train_loop.Trainer(cfg, model_dir, tf.distribute.get_strategy())
+        iterator = iter(trainer._dataset(0))
+        train_fn = trainer._make_train_fn()
+        trained = 0.0
+        for mark in marks:
+            while trained < mark * 60:
+                started = time.perf_counter()
+                train_fn(iterator, tf.constant(cfg.train.steps_per_loop))
+                trained += time.perf_counter() - started
+            result = trainer.evaluate("test")
+            row = {
+                "minutes": mark,
+                "step": result["step"],
+                "bleu": result["bleu"],
+                "chrf": result["chrf"],
+                "eval_seconds": result["seconds"],
+            }
+            rows.append(row)
+            print(row, flush=True)
+    print()
+    common.print_table(rows, ["minutes", "step", "bleu", "chrf", "eval_seconds"])
+    print(result["bleu_signature"])
+    print(result["chrf_signature"])
+    path = common.write_json(
+        args.name,
+        {
+            "experiment": args.experiment,
+            "params_override": args.params_override,
+            "bleu_signature": result["bleu_signature"],
+            "chrf_signature": result["chrf_signature"],
+            "results": rows,
+        },
+    )
+    print("written", path)
+
+
+if __name__ == "__main__":
+    main()
