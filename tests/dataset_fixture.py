@@ -89,3 +89,25 @@ def write_dataset(root: str, pairs: list[tuple[str, str]], words: int = 300) -> 
     with tf.io.gfile.GFile(layout.completed, "w") as f:
         f.write("")
     return layout
+
+
+def tiny_trainer(data_dir: str, model_dir: str):
+    """An untrained `attention_seq2seq/tiny` trainer on `data_dir`, seeded for repeatability."""
+    from pipeline import config as config_lib
+    from trainer import train_loop
+
+    cfg = config_lib.get_experiment("attention_seq2seq/tiny")
+    cfg = config_lib.validate(config_lib.merge(cfg, {"data": {"data_dir": data_dir}}, "test"))
+    tf.keras.utils.set_random_seed(0)
+    return train_loop.Trainer(cfg, model_dir, tf.distribute.get_strategy())
+
+
+def read_history(model_dir: str, name: str = "train_history.jsonl") -> list[dict]:
+    """The JSON-lines history a run wrote so far ([] before the first record)."""
+    import json
+
+    path = os.path.join(model_dir, name)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -18,7 +18,7 @@ def average_checkpoints(checkpoint_paths: list[str], trainer) -> None:
     matches them, and optimizer slots in the files are ignored.
 
     Args:
-      checkpoint_paths: checkpoint prefixes (e.g. `trainer.manager.checkpoints[-n:]`).
+      checkpoint_paths: checkpoint prefixes (e.g. `trainer.saved_checkpoints()[-n:]`).
       trainer: a `train_loop.Trainer`; its model's weights are replaced by the mean.
 
     Raises:

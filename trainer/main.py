@@ -106,7 +106,7 @@ def _finish(trainer, strategy, layout):
     """Best (or averaged) weights -> test scores -> SavedModel -> plots (chief writes)."""
     if _AVERAGE_LAST_N.value:
         averaging.average_checkpoints(
-            trainer.manager.checkpoints[-_AVERAGE_LAST_N.value :], trainer
+            trainer.saved_checkpoints()[-_AVERAGE_LAST_N.value :], trainer
         )
     elif trainer.restore_best():
         logging.info(

@@ -110,9 +110,11 @@ class Trainer:
         """Restores the newest loadable checkpoint; returns the step resumed from.
 
         A checkpoint that fails to load (truncated or corrupted files) is reported by name and the
-        next older one is tried, so one bad write never strands a run.
+        next older one is tried, so one bad write never strands a run. Every worker reads the
+        chief's checkpoints (non-chief workers only ever write throwaway copies).
         """
-        for path in reversed(self.manager.checkpoints):
+        saved = self.saved_checkpoints()
+        for path in reversed(saved):
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
             except (tf.errors.OpError, ValueError, AssertionError) as e:
@@ -132,12 +134,17 @@ class Trainer:
             )
             self._truncate_histories(self.step)
             return self.step
-        if self.manager.checkpoints:
+        if saved:
             raise RuntimeError(
-                f"No checkpoint in {self.manager.directory} could be loaded; "
+                f"No checkpoint in {self.layout.checkpoints} could be loaded; "
                 "rerun with --restart to start over."
             )
         return 0
+
+    def saved_checkpoints(self) -> list[str]:
+        """The chief's checkpoints, oldest first."""
+        state = tf.train.get_checkpoint_state(self.layout.checkpoints)
+        return list(state.all_model_checkpoint_paths) if state else []
 
     def _truncate_histories(self, step: int):
         """Drops history records past `step`: the resumed run writes them again."""
@@ -153,7 +160,7 @@ class Trainer:
 
     def check_resumable(self):
         """Refuses to resume under a config that would not continue the saved run exactly."""
-        if not tf.io.gfile.exists(self.layout.config) or not self.manager.checkpoints:
+        if not tf.io.gfile.exists(self.layout.config) or not self.saved_checkpoints():
             return
         with tf.io.gfile.GFile(self.layout.config) as f:
             saved = config_lib.from_dict(yaml.safe_load(f))
@@ -259,7 +266,7 @@ class Trainer:
         if self.cfg.train.nonfinite == "stop":
             raise NonFiniteLossError(
                 f"Non-finite loss or gradient before step {self.step} and train.nonfinite=stop; "
-                f"the last checkpoint in {self.manager.directory} holds finite weights."
+                f"the last checkpoint in {self.layout.checkpoints} holds finite weights."
             )
 
     def _agree(self, flag: bool) -> bool:

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import config as config_lib
 from tests import dataset_fixture
-from trainer import averaging, evaluate_main, evaluation, export, serving, train_loop
+from trainer import averaging, evaluate_main, evaluation, export, serving
 
 BLEU_SIGNATURE = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:"
 CHRF_SIGNATURE = "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:"
@@ -19,13 +18,8 @@ CHRF_SIGNATURE = "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:"
 @pytest.fixture(scope="module")
 def trainer(small_dataset, tmp_path_factory):
     """The tiny config, untrained: scoring and averaging need weights, not good ones."""
-    cfg = config_lib.get_experiment("attention_seq2seq/tiny")
-    cfg = config_lib.validate(
-        config_lib.merge(cfg, {"data": {"data_dir": small_dataset.root}}, where="test")
-    )
-    tf.keras.utils.set_random_seed(0)
     model_dir = str(tmp_path_factory.mktemp("run"))
-    return train_loop.Trainer(cfg, model_dir, tf.distribute.get_strategy())
+    return dataset_fixture.tiny_trainer(small_dataset.root, model_dir)
 
 
 @pytest.fixture(scope="module")

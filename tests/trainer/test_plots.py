@@ -11,10 +11,9 @@ import pytest
 import tensorflow as tf
 from matplotlib import image as mpl_image
 
-from pipeline import config as config_lib
 from pipeline import text
 from tests import dataset_fixture
-from trainer import plots, train_loop
+from trainer import plots
 
 SENTENCES = ["Click OK.", "Select a cell in the table."]
 
@@ -22,13 +21,8 @@ SENTENCES = ["Click OK.", "Select a cell in the table."]
 @pytest.fixture(scope="module")
 def trainer(small_dataset, tmp_path_factory):
     """An untrained tiny model: attention pictures need weights, not good ones."""
-    cfg = config_lib.get_experiment("attention_seq2seq/tiny")
-    cfg = config_lib.validate(
-        config_lib.merge(cfg, {"data": {"data_dir": small_dataset.root}}, where="test")
-    )
-    tf.keras.utils.set_random_seed(0)
     model_dir = str(tmp_path_factory.mktemp("run"))
-    return train_loop.Trainer(cfg, model_dir, tf.distribute.get_strategy())
+    return dataset_fixture.tiny_trainer(small_dataset.root, model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Exact resume: a run killed (SIGKILL) or preempted (SIGTERM) and restarted ends bit-identical
 to an uninterrupted run: same per-step losses, same final weights. Real processes, CPU."""
 
-import json
 import os
 import signal
 import subprocess
@@ -47,14 +46,6 @@ def _run(data_dir, model_dir):
     return result.stderr
 
 
-def _history(model_dir):
-    path = os.path.join(model_dir, "train_history.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def _interrupt(data_dir, model_dir, after_step, sig):
     """Starts training, sends `sig` once `after_step` is logged, waits for the process to end."""
     process = subprocess.Popen(
@@ -66,7 +57,7 @@ def _interrupt(data_dir, model_dir, after_step, sig):
     )
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
-        if any(h["step"] >= after_step for h in _history(model_dir)):
+        if any(h["step"] >= after_step for h in dataset_fixture.read_history(model_dir)):
             break
         time.sleep(0.05)
     assert process.poll() is None, "training finished before it could be interrupted"
@@ -86,7 +77,7 @@ def _final_weights(model_dir):
 def reference(small_dataset, tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("reference"))
     _run(small_dataset.root, model_dir)
-    history = _history(model_dir)
+    history = dataset_fixture.read_history(model_dir)
     assert [h["step"] for h in history] == list(range(1, STEPS + 1))
     probabilities = [h["sampling_probability"] for h in history]
     assert all(0.0 < p < 1.0 for p in probabilities[1:]), probabilities
@@ -95,7 +86,7 @@ def reference(small_dataset, tmp_path_factory):
 
 def _assert_identical(model_dir, reference):
     history, weights = reference
-    resumed = _history(model_dir)
+    resumed = dataset_fixture.read_history(model_dir)
     assert [h["step"] for h in resumed] == [h["step"] for h in history]
     assert [h["loss"] for h in resumed] == [h["loss"] for h in history]
     assert [h["sampling_probability"] for h in resumed] == [
@@ -122,7 +113,7 @@ def test_sigterm_saves_exits_143_and_resumes_bit_identical(small_dataset, tmp_pa
     code, stderr = _interrupt(small_dataset.root, model_dir, 5, signal.SIGTERM)
     assert code == 143, stderr[-3000:]
     assert "Stop requested at step" in stderr
-    stopped_at = _history(model_dir)[-1]["step"]
+    stopped_at = dataset_fixture.read_history(model_dir)[-1]["step"]
     checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     assert checkpoint.endswith(f"ckpt-{stopped_at}")
     _run(small_dataset.root, model_dir)

@@ -11,25 +11,17 @@ import subprocess
 import sys
 
 import pytest
-import tensorflow as tf
 
-from pipeline import config as config_lib
 from tests import dataset_fixture
-from trainer import export, train_loop
+from trainer import export
 
 SENTENCES = ["Click OK.", "Select a cell in the table.", "Open the file."]
 
 
 @pytest.fixture(scope="module")
 def export_dir(small_dataset, tmp_path_factory):
-    cfg = config_lib.get_experiment("attention_seq2seq/tiny")
-    cfg = config_lib.validate(
-        config_lib.merge(cfg, {"data": {"data_dir": small_dataset.root}}, where="test")
-    )
-    tf.keras.utils.set_random_seed(0)
-    trainer = train_loop.Trainer(
-        cfg, str(tmp_path_factory.mktemp("run")), tf.distribute.get_strategy()
-    )
+    model_dir = str(tmp_path_factory.mktemp("run"))
+    trainer = dataset_fixture.tiny_trainer(small_dataset.root, model_dir)
     return export.export_saved_model(trainer, trainer.layout.export)
 
 
