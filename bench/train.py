@@ -25,6 +25,7 @@ from bench import common  # noqa: E402
 WINDOW = 25
 VARIANTS = {
     "graph": "train.jit_compile=false",
+    "graph_buckets": "train.jit_compile=false,data.sort_pool=0",
     "graph_sampling": "train.jit_compile=false,train.sampling_probability=0.25",
     "graph_bf16": "train.jit_compile=false,train.mixed_precision=mixed_bfloat16",
     "xla": "train.jit_compile=true",

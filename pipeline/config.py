@@ -33,6 +33,9 @@ class DataConfig:
     )
     batch_size: int = _field(64, "Global batch in sentence pairs (split across replicas).")
     shuffle_buffer: int = _field(8192, "Examples in the shuffle buffer.")
+    sort_pool: int = _field(
+        32, "Batches per length-sorted pool; 0 pads to buckets (always so under XLA/TPU)."
+    )
     eval_batch_size: int = _field(64, "Global batch for dev loss and decoding.")
 
 
@@ -312,6 +315,8 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
         problems.append("model.dropout must be in [0, 1)")
     if not 0.0 <= model.label_smoothing < 1.0:
         problems.append("model.label_smoothing must be in [0, 1)")
+    if data.sort_pool < 0:
+        problems.append("data.sort_pool must be >= 0")
     if train.clip_norm < 0:
         problems.append("train.clip_norm must be >= 0")
     if train.sampling_schedule != "constant" and train.sampling_k <= (

@@ -1,8 +1,10 @@
-"""tf.data input: shards -> per-worker shard -> parse -> add BOS/EOS -> bucket -> pad -> prefetch.
+"""tf.data input: shards -> parse -> add BOS/EOS -> batch by length -> pad -> prefetch.
 
-Every batch is padded to one of `bucket_boundaries`, so a jit-compiled step sees one shape per
-bucket. With `static_shapes` (TPU) every batch is padded to the last boundary, so the dataset's
-element spec itself is fully static.
+Two ways to form batches. Graph mode (the CPU/GPU default) sorts pools of examples by target and
+source length and pads each batch to its own longest side: the least padding, since every padded
+position still costs the RNNs work. A jit-compiled step instead needs few shapes, so there each
+batch is padded to one of `bucket_boundaries` (one XLA compile per bucket); with `static_shapes`
+(TPU) to the last boundary, so the dataset's element spec itself is fully static.
 """
 
 import tensorflow as tf
@@ -72,6 +74,59 @@ def bucket_and_pad(dataset, boundaries, batch_size, drop_remainder, static_shape
     return dataset.group_by_window(bucket_id, batch_bucket, window_size=batch_size)
 
 
+def sort_pools_and_pad(dataset, boundaries, batch_size: int, pool_batches: int, seed: int):
+    """Batches of similar lengths, each padded only to its own longest source and target.
+
+    Pools of `pool_batches` batches are sorted by the longer side, then the target (a stable
+    sort, so the order stays a pure function of the seed), cut into batches, each side padded to
+    its next boundary, and the batches shuffled.
+    """
+    pool = dataset.padded_batch(batch_size * pool_batches, _padded_shapes(None), _padding_values())
+
+    def sort(examples):
+        longer = tf.maximum(examples[SOURCE_LENGTHS], examples[TARGET_LENGTHS])
+        key = longer * 4096 + examples[TARGET_LENGTHS]
+        order = tf.argsort(key, stable=True)
+        return tf.nest.map_structure(lambda t: tf.gather(t, order), examples)
+
+    def trim(x):
+        return {
+            SOURCE_IDS: x[SOURCE_IDS][: x[SOURCE_LENGTHS]],
+            SOURCE_LENGTHS: x[SOURCE_LENGTHS],
+            TARGET_IN: x[TARGET_IN][: x[TARGET_LENGTHS]],
+            TARGET_OUT: x[TARGET_OUT][: x[TARGET_LENGTHS]],
+            TARGET_LENGTHS: x[TARGET_LENGTHS],
+        }
+
+    batches = pool.map(sort).unbatch().map(trim)
+    batches = batches.padded_batch(
+        batch_size, _padded_shapes(None), _padding_values(), drop_remainder=True
+    )
+    batches = batches.map(lambda b: _pad_sides_to_boundaries(b, boundaries))
+    # The stream is endless, so there is no epoch to reshuffle on; a fixed order per seed keeps it
+    # independent of how many iterators were made before.
+    return batches.shuffle(pool_batches, seed=seed, reshuffle_each_iteration=False)
+
+
+def _pad_sides_to_boundaries(batch, boundaries):
+    """Pads source and target, each on its own, up to the next boundary.
+
+    Few distinct shapes keep the kernels' per-shape caches (oneDNN, cuDNN) warm; padding each
+    side separately keeps the waste small.
+    """
+    bounds = tf.constant(boundaries, tf.int32)
+
+    def pad(ids):
+        length = tf.shape(ids)[1]
+        target = tf.gather(bounds, tf.argmax(tf.cast(bounds >= length, tf.int32)))
+        return tf.pad(ids, [[0, 0], [0, target - length]], constant_values=vocab_lib.PAD_ID)
+
+    padded = dict(batch)
+    for key in (SOURCE_IDS, TARGET_IN, TARGET_OUT):
+        padded[key] = pad(batch[key])
+    return padded
+
+
 def _records(layout: paths.DatasetLayout, split: str, shuffle: bool, seed: int):
     files = tf.io.gfile.glob(layout.shard_pattern(split))
     if not files:
@@ -115,12 +170,14 @@ def make_train_dataset(
     input_context: tf.distribute.InputContext | None = None,
     static_shapes: bool = False,
     start_step: int = 0,
+    pad_to_buckets: bool = False,
 ) -> tf.data.Dataset:
-    """Endless, shuffled, bucketed training batches, positioned at `start_step`.
+    """Endless, shuffled training batches of similar lengths, positioned at `start_step`.
 
     Data order is a pure function of `seed`, so a run resumed at `start_step` skips exactly the
     global batches it consumed before. With an input context the dataset yields this pipeline's
-    per-replica batches.
+    per-replica batches. `pad_to_buckets` (XLA) pads to bucket boundaries, as does
+    `static_shapes` (TPU), to the last one.
     """
     layout = paths.DatasetLayout(cfg.data_dir)
     dataset = _records(layout, "train", shuffle=True, seed=seed)
@@ -131,7 +188,18 @@ def make_train_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    dataset = bucket_and_pad(dataset, cfg.bucket_boundaries, cfg.batch_size, True, static_shapes)
+    if pad_to_buckets or static_shapes:
+        dataset = bucket_and_pad(
+            dataset, cfg.bucket_boundaries, cfg.batch_size, True, static_shapes
+        )
+    else:
+        dataset = sort_pools_and_pad(
+            dataset.filter(_fits(cfg.bucket_boundaries)),
+            cfg.bucket_boundaries,
+            cfg.batch_size,
+            cfg.sort_pool,
+            seed,
+        )
     dataset = dataset.skip(start_step)
     if input_context and input_context.num_replicas_in_sync > 1:
         dataset = _replica_slices(dataset, input_context)

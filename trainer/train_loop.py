@@ -207,7 +207,12 @@ class Trainer:
         static = isinstance(self.strategy, tf.distribute.TPUStrategy)
         return self.strategy.distribute_datasets_from_function(
             lambda ctx: data.make_train_dataset(
-                self.cfg.data, self.cfg.train.seed, ctx, static, start_step=step
+                self.cfg.data,
+                self.cfg.train.seed,
+                ctx,
+                static,
+                start_step=step,
+                pad_to_buckets=self.cfg.train.jit_compile or not self.cfg.data.sort_pool,
             )
         )
 

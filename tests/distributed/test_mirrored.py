@@ -46,12 +46,13 @@ def compare_one_step(data_dir: str) -> dict:
             for target, source in zip(trainer.model.variables, runs["one"]["initial"], strict=True):
                 target.assign(source)
         initial = [v.numpy() for v in trainer.model.variables]
-        dataset = trainer._dataset(0)
-        batch = next(iter(dataset))
+        # One iterator, as the trainer uses: data order is fixed per seed and iterator.
+        iterator = iter(trainer._dataset(0))
+        batch = next(iterator)
         per_replica = [
             int(t.shape[0]) for t in strategy.experimental_local_results(batch["source_ids"])
         ]
-        totals = trainer._make_train_fn()(iter(dataset), tf.constant(1))
+        totals = trainer._make_train_fn()(iterator, tf.constant(1))
         runs[name] = {
             "initial": initial,
             "final": [v.numpy() for v in trainer.model.variables],

@@ -17,7 +17,7 @@ STEPS = 30
 
 
 def _bucket_lengths_seen(cfg, steps):
-    dataset = data.make_train_dataset(cfg.data, cfg.train.seed).take(steps)
+    dataset = data.make_train_dataset(cfg.data, cfg.train.seed, pad_to_buckets=True).take(steps)
     return {int(batch[data.SOURCE_IDS].shape[1]) for batch in dataset}
 
 
