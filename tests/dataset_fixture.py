@@ -111,3 +111,23 @@ def read_history(model_dir: str, name: str = "train_history.jsonl") -> list[dict
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def train_tiny(data_dir: str, model_dir: str, overrides: str, *flags: str) -> str:
+    """Runs `nmt-train` on the tiny config in a child process; returns its log (stderr)."""
+    import subprocess
+    import sys
+
+    argv = [
+        sys.executable,
+        "-m",
+        "trainer.main",
+        "--experiment=attention_seq2seq/tiny",
+        f"--data_dir={data_dir}",
+        f"--model_dir={model_dir}",
+        f"--params_override={overrides}",
+        *flags,
+    ]
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stderr

@@ -43,18 +43,12 @@ print(json.dumps({
 @pytest.fixture(scope="module")
 def run_dir(small_dataset, tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("run"))
-    argv = [
-        sys.executable,
-        "-m",
-        "trainer.main",
-        "--experiment=attention_seq2seq/tiny",
-        f"--data_dir={small_dataset.root}",
-        f"--model_dir={model_dir}",
-        "--params_override=train.train_steps=40,train.eval_every=20",
+    dataset_fixture.train_tiny(
+        small_dataset.root,
+        model_dir,
+        "train.train_steps=40,train.eval_every=20",
         "--noevaluate_test",
-    ]
-    result = subprocess.run(argv, capture_output=True, text=True, cwd=dataset_fixture.REPO)
-    assert result.returncode == 0, result.stderr[-4000:]
+    )
     return model_dir
 
 

@@ -14,19 +14,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def trained_run(small_dataset, tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("run")
-    argv = [
-        sys.executable,
-        "-m",
-        "trainer.main",
-        "--experiment=attention_seq2seq/tiny",
-        f"--data_dir={small_dataset.root}",
-        f"--model_dir={model_dir}",
-        "--params_override=train.train_steps=30,train.sampling_probability=0.25",
-    ]
-    result = subprocess.run(argv, capture_output=True, text=True, cwd=dataset_fixture.REPO)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return str(model_dir), result.stderr
+    model_dir = str(tmp_path_factory.mktemp("run"))
+    log = dataset_fixture.train_tiny(
+        small_dataset.root, model_dir, "train.train_steps=30,train.sampling_probability=0.25"
+    )
+    return model_dir, log
 
 
 def test_training_writes_histories_checkpoints_and_test_scores(trained_run):
