@@ -113,12 +113,11 @@ def read_history(model_dir: str, name: str = "train_history.jsonl") -> list[dict
         return [json.loads(line) for line in f if line.strip()]
 
 
-def train_tiny(data_dir: str, model_dir: str, overrides: str, *flags: str) -> str:
-    """Runs `nmt-train` on the tiny config in a child process; returns its log (stderr)."""
-    import subprocess
+def tiny_train_argv(data_dir: str, model_dir: str, overrides: str, *flags: str) -> list[str]:
+    """The command line of `nmt-train` on the tiny config, for a child process."""
     import sys
 
-    argv = [
+    return [
         sys.executable,
         "-m",
         "trainer.main",
@@ -128,6 +127,13 @@ def train_tiny(data_dir: str, model_dir: str, overrides: str, *flags: str) -> st
         f"--params_override={overrides}",
         *flags,
     ]
+
+
+def train_tiny(data_dir: str, model_dir: str, overrides: str, *flags: str) -> str:
+    """Runs `nmt-train` on the tiny config in a child process; returns its log (stderr)."""
+    import subprocess
+
+    argv = tiny_train_argv(data_dir, model_dir, overrides, *flags)
     result = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stderr

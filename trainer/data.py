@@ -33,6 +33,18 @@ def _to_model_inputs(record):
     }
 
 
+def source_batch(pieces: tf.RaggedTensor):
+    """Ragged source pieces -> (ids [B, S] with EOS appended and PAD after, lengths [B]).
+
+    The encoder input as training builds it (`_to_model_inputs`), for sentences tokenized at
+    inference: export, attention pictures.
+    """
+    eos = tf.fill([pieces.nrows(), 1], vocab_lib.EOS_ID)
+    pieces = tf.concat([pieces, tf.RaggedTensor.from_tensor(eos)], axis=1)
+    ids = pieces.to_tensor(default_value=vocab_lib.PAD_ID)
+    return ids, tf.cast(pieces.row_lengths(), tf.int32)
+
+
 def _padded_shapes(length):
     return {
         SOURCE_IDS: [length],

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from pipeline import features, text
 from pipeline import vocab as vocab_lib
+from trainer import data
 
 SERVING_SIGNATURE = "serving_default"
 SIGNATURE_KEYS = ("translations", "scores", "nbest")
@@ -35,10 +36,7 @@ class Translator(tf.Module):
     def translate(self, sources):
         normalized = text.normalize_in_graph(sources)
         pieces = self.source_tokenizer.tokenize(normalized)[:, : self.max_source_length]
-        eos = tf.fill([pieces.nrows(), 1], vocab_lib.EOS_ID)
-        pieces = tf.concat([pieces, tf.RaggedTensor.from_tensor(eos)], axis=1)
-        source_ids = pieces.to_tensor(default_value=vocab_lib.PAD_ID)
-        source_lengths = tf.cast(pieces.row_lengths(), tf.int32)
+        source_ids, source_lengths = data.source_batch(pieces)
         ids, scores, lengths = self._beam_search(source_ids, source_lengths, **self.decode_options)
         beam = tf.shape(ids)[1]
         flat = tf.reshape(ids, [-1, tf.shape(ids)[2]])

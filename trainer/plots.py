@@ -13,7 +13,6 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import features, text
-from pipeline import vocab as vocab_lib
 from trainer import data
 
 # Pixels per alignment cell in TensorBoard images: a 20x20 alignment becomes 160x160.
@@ -42,11 +41,7 @@ def attention_for_sentences(seq2seq, source_tokenizer, target_tokenizer, sentenc
       [len(target_pieces), len(source_pieces)] whose rows are attention distributions.
     """
     normalized = tf.constant([text.normalize(s) for s in sentences])
-    pieces = source_tokenizer.tokenize(normalized)
-    eos = tf.fill([pieces.nrows(), 1], vocab_lib.EOS_ID)
-    pieces = tf.concat([pieces, tf.RaggedTensor.from_tensor(eos)], axis=1)
-    source_lengths = tf.cast(pieces.row_lengths(), tf.int32)
-    source_ids = pieces.to_tensor(default_value=vocab_lib.PAD_ID)
+    source_ids, source_lengths = data.source_batch(source_tokenizer.tokenize(normalized))
     ids, lengths, state = seq2seq.greedy_decode(source_ids, source_lengths, alignment_history=True)
     # [T, B, S] -> [B, T, S]
     history = tf.transpose(state.alignment_history.stack(), [1, 0, 2]).numpy()
@@ -212,9 +207,8 @@ def save_run_plots(trainer, num_sentences: int = 3) -> list[str]:
     prose = [s for s in sentences if _PROSE_WORDS[0] <= len(s.split()) <= _PROSE_WORDS[1]]
     sentences = (prose or sentences)[:num_sentences]
     if sentences:
-        source_tokenizer = text.SubwordTokenizer(trainer.source_tokens)
         pictures = attention_for_sentences(
-            trainer.model, source_tokenizer, trainer.target_tokenizer, sentences
+            trainer.model, trainer.source_tokenizer, trainer.target_tokenizer, sentences
         )
         written += save_attention_heatmaps(*pictures, os.path.join(layout.plots, "attention"))
     return written

@@ -17,9 +17,8 @@ import yaml
 
 from pipeline import config as config_lib
 from pipeline import paths, text
-from pipeline import vocab as vocab_lib
 from tests import dataset_fixture
-from trainer import evaluation, train_loop
+from trainer import data, evaluation, train_loop
 
 pytestmark = pytest.mark.slow
 
@@ -67,16 +66,10 @@ def _served(export_dir, sentences, cwd):
 
 def _in_process(trainer, sentences, decode_options):
     """Beam search of the live model, with the export's input preparation and decode options."""
-    source_tokenizer = text.SubwordTokenizer(trainer.source_tokens)
     normalized = tf.constant([text.normalize(s) for s in sentences])
-    pieces = source_tokenizer.tokenize(normalized)[:, : trainer.cfg.data.max_length]
-    eos = tf.RaggedTensor.from_tensor(tf.fill([pieces.nrows(), 1], vocab_lib.EOS_ID))
-    pieces = tf.concat([pieces, eos], axis=1)
-    ids, scores, _ = trainer.model.beam_search(
-        pieces.to_tensor(default_value=vocab_lib.PAD_ID),
-        tf.cast(pieces.row_lengths(), tf.int32),
-        **decode_options,
-    )
+    pieces = trainer.source_tokenizer.tokenize(normalized)[:, : trainer.cfg.data.max_length]
+    source_ids, source_lengths = data.source_batch(pieces)
+    ids, scores, _ = trainer.model.beam_search(source_ids, source_lengths, **decode_options)
     beams = ids.shape[1]
     hypotheses = [evaluation.strip_after_eos(row) for row in ids.numpy().reshape(-1, ids.shape[2])]
     strings = trainer.target_tokenizer.detokenize(tf.ragged.constant(hypotheses, dtype=tf.int32))

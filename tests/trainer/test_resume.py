@@ -4,7 +4,6 @@ to an uninterrupted run: same per-step losses, same final weights. Real processe
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -24,18 +23,9 @@ OVERRIDES = (
 
 
 def _argv(data_dir, model_dir):
-    return [
-        sys.executable,
-        "-m",
-        "trainer.main",
-        "--experiment=attention_seq2seq/tiny",
-        f"--data_dir={data_dir}",
-        f"--model_dir={model_dir}",
-        f"--params_override={OVERRIDES}",
-        "--deterministic",
-        "--noexport",
-        "--noevaluate_test",
-    ]
+    return dataset_fixture.tiny_train_argv(
+        data_dir, model_dir, OVERRIDES, "--deterministic", "--noexport", "--noevaluate_test"
+    )
 
 
 def _run(data_dir, model_dir):
