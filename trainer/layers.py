@@ -7,7 +7,7 @@ checkpoint reproduces the masks an uninterrupted run would have used.
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from trainer import tfa_lib
+from trainer import recurrent, tfa_lib
 
 
 def fold_seed(seed, salt: int):
@@ -76,6 +76,34 @@ class StackedResidualCell(tf.keras.layers.AbstractRNNCell):
         return x, tuple(new_states)
 
 
+class CellSequence(tf.keras.layers.Layer):
+    """Any RNN cell over whole sequences, with `recurrent.FusedLSTM`'s call signature.
+
+    For cells the fused layer does not cover (TFA's layer-normalised LSTM).
+    """
+
+    def __init__(self, cell, reverse: bool = False, **kw):
+        super().__init__(**kw)
+        self.reverse = reverse
+        self.rnn = tf.keras.layers.RNN(
+            cell, return_sequences=True, return_state=True, go_backwards=reverse
+        )
+
+    def call(self, inputs, mask):
+        outputs, h, c = self.rnn(inputs, mask=mask)
+        if self.reverse:  # Keras returns a backwards run's outputs last step first
+            outputs = tf.reverse(outputs, axis=[1])
+        return outputs, h, c
+
+
+def build_sequence_lstm(units: int, layer_norm: bool, name: str, reverse: bool = False):
+    """The fused LSTM (hand-written backward pass), or TFA's layer-normalised cell."""
+    if layer_norm:
+        cell = tfa_lib.LayerNormLSTMCell(units, name="cell")
+        return CellSequence(cell, reverse=reverse, name=name)
+    return recurrent.FusedLSTM(units, reverse=reverse, name=name)
+
+
 class Encoder(tf.keras.layers.Layer):
     """GNMT-style encoder: bidirectional bottom layer, then unidirectional residual layers.
 
@@ -88,22 +116,12 @@ class Encoder(tf.keras.layers.Layer):
         self.cfg = cfg
         self.embedding = tf.keras.layers.Embedding(vocab_size, cfg.embedding_dim, name="embedding")
         half = cfg.units // 2
-        self.bottom = tf.keras.layers.Bidirectional(
-            tf.keras.layers.RNN(build_lstm_cell(half, cfg.layer_norm, "fw"), return_sequences=True),
-            backward_layer=tf.keras.layers.RNN(
-                build_lstm_cell(cfg.units - half, cfg.layer_norm, "bw"),
-                return_sequences=True,
-                go_backwards=True,
-            ),
-            name="bidirectional",
+        self.forward_layer = build_sequence_lstm(half, cfg.layer_norm, "forward")
+        self.backward_layer = build_sequence_lstm(
+            cfg.units - half, cfg.layer_norm, "backward", reverse=True
         )
         self.upper = [
-            tf.keras.layers.RNN(
-                build_lstm_cell(cfg.units, cfg.layer_norm, f"lstm_{i}"),
-                return_sequences=True,
-                return_state=True,
-                name=f"layer_{i}",
-            )
+            build_sequence_lstm(cfg.units, cfg.layer_norm, f"layer_{i}")
             for i in range(1, cfg.encoder_layers)
         ]
 
@@ -112,11 +130,12 @@ class Encoder(tf.keras.layers.Layer):
         mask = tf.sequence_mask(lengths, tf.shape(ids)[1])
         x = self.embedding(ids)
         x = stateless_dropout(x, self.cfg.dropout, seed, training)
-        x = self.bottom(x, mask=mask)
-        state = None
+        forward, _, _ = self.forward_layer(x, mask)
+        backward, _, _ = self.backward_layer(x, mask)
+        x, state = tf.concat([forward, backward], axis=-1), None
         for i, layer in enumerate(self.upper, start=1):
             inputs = stateless_dropout(x, self.cfg.dropout, fold_seed(seed, i), training)
-            out, h, c = layer(inputs, mask=mask)
+            out, h, c = layer(inputs, mask)
             state = (h, c)
             x = out + x if i + 1 >= self.cfg.residual_from else out
         return x, state
@@ -168,6 +187,26 @@ class OutputProjection(tf.keras.layers.Layer):
             return hidden
         embeddings = tf.cast(self.tied_embedding.embeddings, hidden.dtype)
         return tf.matmul(hidden, embeddings, transpose_b=True) + tf.cast(self.bias, hidden.dtype)
+
+    def label_and_mean_logits(self, outputs, labels):
+        """The logit of each label and the mean logit over the vocabulary, in float32.
+
+        Label smoothing needs only these two, and both are linear in the projection, so they
+        cost a gather and a dot per position: neither the terms nor their gradients touch the
+        [positions, vocabulary] logits.
+        """
+        hidden = self.dense(outputs) if self.tied_embedding is not None else outputs
+        hidden = tf.cast(hidden, tf.float32)
+        if self.tied_embedding is None:
+            rows = tf.transpose(tf.cast(self.dense.kernel, tf.float32))  # [V, H]
+            bias = tf.cast(self.dense.bias, tf.float32)
+        else:
+            rows = tf.cast(self.tied_embedding.embeddings, tf.float32)  # [V, D]
+            bias = tf.cast(self.bias, tf.float32)
+        label_logits = tf.reduce_sum(hidden * tf.gather(rows, labels), -1) + tf.gather(bias, labels)
+        mean_row = tf.reduce_mean(rows, axis=0)
+        mean_logits = tf.reduce_sum(hidden * mean_row, -1) + tf.reduce_mean(bias)
+        return label_logits, mean_logits
 
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(input_shape)[:-1].concatenate([self.vocab_size])

@@ -15,13 +15,24 @@ def build_model(cfg: config_lib.ModelConfig, metadata: dict) -> model.Seq2Seq:
     return model.Seq2Seq(cfg, vocab["source"]["size"], vocab["target"]["size"])
 
 
-def smoothed_cross_entropy(logits, labels, smoothing: float):
-    """Per-position label-smoothed cross-entropy, computed in float32."""
-    log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))
-    nll = -tf.gather(log_probs, labels, batch_dims=labels.shape.rank)
+def cross_entropy(logits, labels, smoothing: float, label_and_mean_logits=None):
+    """Per-position (label-smoothed loss, plain NLL), in float32.
+
+    With smoothing s over V classes the loss is (1 - s) * nll - s * mean(log_probs), which
+    equals nll + s * (logits[label] - mean(logits)). The NLL comes from the fused sparse
+    softmax cross-entropy kernel (its gradient is formed in the same pass); the two smoothing
+    terms are taken from `label_and_mean_logits` when given (see
+    `OutputProjection.label_and_mean_logits`), else read off the logits.
+    """
+    logits = tf.cast(logits, tf.float32)
+    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
     if smoothing <= 0.0:
-        return nll
-    return (1.0 - smoothing) * nll - smoothing * tf.reduce_mean(log_probs, axis=-1)
+        return nll, nll
+    if label_and_mean_logits is None:
+        label_logits = tf.gather(logits, labels, batch_dims=labels.shape.rank)
+        label_and_mean_logits = label_logits, tf.reduce_mean(logits, axis=-1)
+    label_logits, mean_logits = label_and_mean_logits
+    return nll + smoothing * (label_logits - mean_logits), nll
 
 
 class TranslationTask:
@@ -55,16 +66,25 @@ class TranslationTask:
         outputs = self.model(inputs, training=training)
         labels = batch[data.TARGET_OUT]
         mask = tf.sequence_mask(batch[data.TARGET_LENGTHS], tf.shape(labels)[1])
+        smoothing = self.cfg.model.label_smoothing
         if "sampling_probability" in inputs:
-            logits, mask_f = outputs, tf.cast(mask, tf.float32)
-        elif self.cfg.train.jit_compile:
-            logits, mask_f = self.model.projection(outputs), tf.cast(mask, tf.float32)
+            # The decoder loop projected its outputs already.
+            smoothed, nll = cross_entropy(outputs, labels, smoothing)
+            mask_f = tf.cast(mask, tf.float32)
         else:
-            # Only real tokens reach the 8k-way projection: padding costs nothing.
-            logits = self.model.projection(tf.boolean_mask(outputs, mask))
-            labels, mask_f = tf.boolean_mask(labels, mask), 1.0
-        smoothed = smoothed_cross_entropy(logits, labels, self.cfg.model.label_smoothing)
-        nll = smoothed_cross_entropy(logits, labels, 0.0)
+            if self.cfg.train.jit_compile:
+                mask_f = tf.cast(mask, tf.float32)  # static shapes: keep the padding, masked
+            else:
+                # Only real tokens reach the 8k-way projection: padding costs nothing.
+                outputs, labels = tf.boolean_mask(outputs, mask), tf.boolean_mask(labels, mask)
+                mask_f = 1.0
+            projection = self.model.projection
+            smoothed, nll = cross_entropy(
+                projection(outputs),
+                labels,
+                smoothing,
+                projection.label_and_mean_logits(outputs, labels) if smoothing > 0 else None,
+            )
         tokens = tf.reduce_sum(tf.cast(mask, tf.float32))
         return tf.reduce_sum(smoothed * mask_f), tokens, tf.reduce_sum(nll * mask_f)
 

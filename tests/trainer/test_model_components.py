@@ -152,11 +152,14 @@ def test_encoder_upper_layers_add_the_layer_below(residual_from, residual):
     seed = tf.constant([0, 0])
     encoder(ids, lengths, seed)
     mask = tf.sequence_mask(lengths, tf.shape(ids)[1])
-    bottom = encoder.bottom(encoder.embedding(ids), mask=mask)
-    middle, _, _ = encoder.upper[0](bottom, mask=mask)
+    embedded = encoder.embedding(ids)
+    bottom = tf.concat(
+        [encoder.forward_layer(embedded, mask)[0], encoder.backward_layer(embedded, mask)[0]], -1
+    )
+    middle, _, _ = encoder.upper[0](bottom, mask)
     if residual:
         middle += bottom
-    top, h, c = encoder.upper[1](middle, mask=mask)
+    top, h, c = encoder.upper[1](middle, mask)
     expected = top + middle if residual else top
     memory, state = encoder(ids, lengths, seed)
     np.testing.assert_allclose(_real(memory, lengths), _real(expected, lengths), atol=1e-5)

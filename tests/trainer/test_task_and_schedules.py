@@ -74,16 +74,16 @@ def _garbage_after_lengths(batch):
     return changed
 
 
-# smoothed_cross_entropy
+# cross_entropy
 
 
 def test_cross_entropy_without_smoothing_is_the_nll():
     logits = tf.random.stateless_normal([2, 3, 7], [1, 2])
     labels = tf.constant([[0, 6, 3], [2, 2, 5]])
     expected = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-    np.testing.assert_allclose(
-        task.smoothed_cross_entropy(logits, labels, 0.0), expected, rtol=1e-6
-    )
+    smoothed, nll = task.cross_entropy(logits, labels, 0.0)
+    np.testing.assert_allclose(smoothed, expected, rtol=1e-6)
+    np.testing.assert_allclose(nll, expected, rtol=1e-6)
 
 
 def test_smoothed_cross_entropy_matches_a_hand_computation():
@@ -93,15 +93,38 @@ def test_smoothed_cross_entropy_matches_a_hand_computation():
     log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
     target = 0.9 * np.eye(4)[labels] + 0.1 / 4
     expected = -(target * log_probs).sum(axis=1)
-    actual = task.smoothed_cross_entropy(tf.constant(logits), tf.constant(labels), 0.1)
+    actual, nll = task.cross_entropy(tf.constant(logits), tf.constant(labels), 0.1)
     np.testing.assert_allclose(actual, expected, rtol=1e-6)
+    np.testing.assert_allclose(nll, -log_probs[[0, 1], labels], rtol=1e-6)
     assert float(actual[1]) == pytest.approx(np.log(4.0))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_smoothing_terms_from_the_projection_match_the_logits(tied):
+    """The linear shortcut gives the loss, and its gradients, of reading the logits."""
+    cfg = _config()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, tie_embeddings=tied))
+    seq2seq = _model(cfg)
+    outputs = tf.random.stateless_normal([6, cfg.model.units], [3, 4])
+    labels = tf.constant([0, 5, 9, 1, 1, 7])
+    projection = seq2seq.projection
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(outputs)
+        logits = projection(outputs)
+        shortcut, _ = task.cross_entropy(
+            logits, labels, 0.1, projection.label_and_mean_logits(outputs, labels)
+        )
+        direct, _ = task.cross_entropy(logits, labels, 0.1)
+    np.testing.assert_allclose(shortcut, direct, rtol=1e-5)
+    sources = [outputs, *projection.trainable_variables]
+    for a, b in zip(tape.gradient(shortcut, sources), tape.gradient(direct, sources), strict=True):
+        np.testing.assert_allclose(tf.convert_to_tensor(a), tf.convert_to_tensor(b), atol=1e-6)
 
 
 def test_cross_entropy_is_float32_for_bfloat16_logits():
     logits = tf.cast(tf.random.stateless_normal([3, 5], [0, 1]), tf.bfloat16)
-    loss = task.smoothed_cross_entropy(logits, tf.constant([1, 2, 3]), 0.1)
-    assert loss.dtype == tf.float32 and loss.shape == (3,)
+    loss, nll = task.cross_entropy(logits, tf.constant([1, 2, 3]), 0.1)
+    assert loss.dtype == nll.dtype == tf.float32 and loss.shape == (3,)
 
 
 # TranslationTask.loss
@@ -263,6 +286,33 @@ def test_optimizer_follows_the_schedule_of_its_config():
         assert int(optimizer.iterations) == iterations + 1
     scaled = schedules.build_optimizer(dataclasses.replace(train, mixed_precision="mixed_float16"))
     assert float(scaled.loss_scale) == 2.0**15
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_fused_adam_takes_the_steps_keras_adam_takes(policy):
+    """Same weights and slots after several steps, dense and sparse (embedding) gradients."""
+    results = []
+    for adam in (tf.keras.optimizers.Adam, schedules.FusedAdam):
+        tf.keras.mixed_precision.set_global_policy(policy)
+        try:
+            tf.keras.utils.set_random_seed(0)
+            embedding, dense = tf.keras.layers.Embedding(7, 3), tf.keras.layers.Dense(5)
+            dense.build([None, 3])
+            embedding.build([None])
+            variables = embedding.trainable_variables + dense.trainable_variables
+            optimizer = adam(schedules.WarmupDecay(0.01, 2, "rsqrt"))
+            for step in range(5):
+                with tf.GradientTape() as tape:
+                    ids = tf.constant([step % 7, 3])
+                    loss = tf.reduce_sum(tf.cast(dense(embedding(ids)), tf.float32) ** 2)
+                optimizer.apply_gradients(
+                    zip(tape.gradient(loss, variables), variables, strict=True)
+                )
+            results.append([v.numpy() for v in variables + optimizer.variables])
+        finally:
+            tf.keras.mixed_precision.set_global_policy("float32")
+    for keras_value, fused_value in zip(*results, strict=True):
+        np.testing.assert_allclose(fused_value, keras_value, rtol=1e-4, atol=1e-6)
 
 
 # bucket_and_pad

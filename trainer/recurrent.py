@@ -1,0 +1,179 @@
+"""A whole-sequence LSTM layer with a hand-written backward pass, for the encoder.
+
+Autodiff through a `tf.while_loop` LSTM keeps every weight product inside the loop: each step
+multiplies its input by the input kernel, and the backward loop computes and accumulates a
+weight-sized gradient per step (small, memory-bound matrix products on CPU). Here the input
+projection for all steps is one matrix product before the loop, the loop holds only the recurrent
+product and the gate arithmetic, and the backward loop holds only `dz @ U^T`: the kernel,
+recurrent-kernel and input gradients are each one large product after it (what cuDNN does).
+
+The maths is Keras' `LSTMCell` (gates i, f, c, o; sigmoid and tanh; `unit_forget_bias`), and
+masked steps carry the state through unchanged and output zeros; `tests/trainer/test_recurrent.py`
+checks outputs and gradients against `tf.keras.layers.RNN(LSTMCell)`.
+"""
+
+import tensorflow as tf
+
+
+def _split_gates(z):
+    i, f, g, o = tf.split(z, 4, axis=-1)
+    return tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+
+
+def _time_major(x):
+    return tf.transpose(x, [1, 0, 2])
+
+
+def _matmul_all_steps(x, w):
+    """[T, B, D] @ [D, K] -> [T, B, K] as one product."""
+    shape = tf.shape(x)
+    flat = tf.matmul(tf.reshape(x, [-1, shape[2]]), w)
+    return tf.reshape(flat, [shape[0], shape[1], tf.shape(w)[1]])
+
+
+def _outer_all_steps(a, b):
+    """Sum over steps and batch of a[t, b]^T b[t, b]: [T, B, D], [T, B, K] -> [D, K]."""
+    return tf.matmul(
+        tf.reshape(a, [-1, tf.shape(a)[2]]), tf.reshape(b, [-1, tf.shape(b)[2]]), transpose_a=True
+    )
+
+
+def lstm_sequence(inputs, mask, kernel, recurrent_kernel, bias, reverse: bool = False):
+    """Runs an LSTM over [B, T, D] inputs from a zero state.
+
+    Args:
+      inputs: [B, T, D] in the compute dtype.
+      mask: [B, T] bool; False steps keep the state and output zeros.
+      kernel, recurrent_kernel, bias: [D, 4H], [H, 4H], [4H], already in the compute dtype.
+      reverse: run from the last step to the first (the backward half of a bidirectional layer).
+
+    Returns:
+      outputs [B, T, H] (in input order), final h [B, H], final c [B, H].
+    """
+    mask_t = _time_major(tf.cast(mask, inputs.dtype)[:, :, None])
+    lstm = _REVERSE if reverse else _FORWARD
+    return lstm(inputs, mask_t, kernel, recurrent_kernel, bias)
+
+
+def _step_order(steps, reverse):
+    """The time index the n-th iteration visits."""
+    return (lambda n: steps - 1 - n) if reverse else (lambda n: n)
+
+
+def _make_lstm(reverse: bool):
+    @tf.custom_gradient
+    def lstm(x, mask_t, kernel, recurrent_kernel, bias):
+        dtype = x.dtype
+        x_t = _time_major(x)
+        steps, batch = tf.shape(x_t)[0], tf.shape(x_t)[1]
+        units = tf.shape(recurrent_kernel)[0]
+        projected = _matmul_all_steps(x_t, kernel) + bias
+        at = _step_order(steps, reverse)
+
+        def arrays():
+            return tf.TensorArray(dtype, size=steps, element_shape=None)
+
+        def body(n, h, c, outs, prev_h, prev_c, gates, tanh_c):
+            t = at(n)
+            i, f, g, o = _split_gates(projected[t] + tf.matmul(h, recurrent_kernel))
+            new_c = f * c + i * g
+            new_tanh_c = tf.tanh(new_c)
+            new_h = o * new_tanh_c
+            m = mask_t[t]
+            outs = outs.write(t, new_h * m)
+            prev_h, prev_c = prev_h.write(t, h), prev_c.write(t, c)
+            gates = gates.write(t, tf.concat([i, f, g, o], axis=-1))
+            tanh_c = tanh_c.write(t, new_tanh_c)
+            h = h + m * (new_h - h)
+            c = c + m * (new_c - c)
+            return n + 1, h, c, outs, prev_h, prev_c, gates, tanh_c
+
+        zeros = tf.zeros([batch, units], dtype)
+        _, h, c, outs, prev_h, prev_c, gates, tanh_c = tf.while_loop(
+            lambda n, *_: n < steps,
+            body,
+            (0, zeros, zeros, arrays(), arrays(), arrays(), arrays(), arrays()),
+        )
+        prev_h, prev_c = prev_h.stack(), prev_c.stack()
+        gates, tanh_c = gates.stack(), tanh_c.stack()
+        outputs = _time_major(outs.stack())
+
+        def grad(d_outputs, d_h, d_c):
+            d_out_t = _time_major(d_outputs)
+            back = _step_order(steps, not reverse)
+            recurrent_t = tf.transpose(recurrent_kernel)
+
+            def back_body(n, dh, dc, d_z):
+                t = back(n)
+                m = mask_t[t]
+                i, f, g, o = tf.split(gates[t], 4, axis=-1)
+                tc = tanh_c[t]
+                dh_new = m * (dh + d_out_t[t])
+                dc_new = m * dc + dh_new * o * (1 - tc * tc)
+                dz = tf.concat(
+                    [
+                        dc_new * g * i * (1 - i),
+                        dc_new * prev_c[t] * f * (1 - f),
+                        dc_new * i * (1 - g * g),
+                        dh_new * tc * o * (1 - o),
+                    ],
+                    axis=-1,
+                )
+                d_z = d_z.write(t, dz)
+                dh = tf.matmul(dz, recurrent_t) + (1 - m) * dh
+                dc = dc_new * f + (1 - m) * dc
+                return n + 1, dh, dc, d_z
+
+            dh0 = zeros if d_h is None else tf.cast(d_h, dtype)
+            dc0 = zeros if d_c is None else tf.cast(d_c, dtype)
+            _, _, _, d_z = tf.while_loop(
+                lambda n, *_: n < steps, back_body, (0, dh0, dc0, arrays())
+            )
+            d_z = d_z.stack()
+            d_x = _time_major(_matmul_all_steps(d_z, tf.transpose(kernel)))
+            return (
+                d_x,
+                None,
+                _outer_all_steps(x_t, d_z),
+                _outer_all_steps(prev_h, d_z),
+                tf.reduce_sum(d_z, axis=[0, 1]),
+            )
+
+        return (outputs, h, c), grad
+
+    return lstm
+
+
+_FORWARD, _REVERSE = _make_lstm(False), _make_lstm(True)
+
+
+class FusedLSTM(tf.keras.layers.Layer):
+    """An LSTM layer over whole sequences (Keras LSTMCell maths and initialisers)."""
+
+    def __init__(self, units: int, reverse: bool = False, **kw):
+        super().__init__(**kw)
+        self.units = units
+        self.reverse = reverse
+
+    def build(self, input_shape):
+        width = int(input_shape[-1])
+        self.kernel = self.add_weight(
+            "kernel", [width, 4 * self.units], initializer="glorot_uniform"
+        )
+        self.recurrent_kernel = self.add_weight(
+            "recurrent_kernel", [self.units, 4 * self.units], initializer="orthogonal"
+        )
+
+        def unit_forget_bias(shape, dtype=None):
+            del shape
+            blocks = [tf.zeros([self.units]), tf.ones([self.units]), tf.zeros([2 * self.units])]
+            return tf.cast(tf.concat(blocks, 0), dtype or tf.float32)
+
+        self.bias = self.add_weight("bias", [4 * self.units], initializer=unit_forget_bias)
+        super().build(input_shape)
+
+    def call(self, inputs, mask):
+        """Returns (outputs [B, T, units], final h, final c)."""
+        dtype = inputs.dtype
+        weights = (tf.cast(w, dtype) for w in (self.kernel, self.recurrent_kernel, self.bias))
+        return lstm_sequence(inputs, mask, *weights, reverse=self.reverse)
