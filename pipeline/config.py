@@ -51,6 +51,12 @@ class ModelConfig:
     attention: str = _field("luong", "'luong' (scaled) or 'bahdanau' (normalised).")
     dropout: float = _field(0.0, "Dropout on embeddings and between layers while training.")
     layer_norm: bool = _field(False, "Use layer-normalised LSTM cells.")
+    fused_decoder: bool = _field(
+        True,
+        "Teacher-forced training runs the decoder as one kernel with a hand-written backward "
+        "pass (same maths and weights as TFA's AttentionWrapper loop); applies to Luong "
+        "attention without layer norm or scheduled sampling. False forces TFA's loop.",
+    )
     tie_embeddings: bool = _field(False, "Share target embedding and softmax weights.")
     label_smoothing: float = _field(0.1, "Label smoothing of the training loss.")
     beam_width: int = _field(4, "Beam width at evaluation and export.")

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import vocab as vocab_lib
-from trainer import layers, sampling, tfa_lib
+from trainer import attention_decoder, layers, sampling, tfa_lib
 
 
 class Seq2Seq(tf.keras.Model):
@@ -32,12 +32,14 @@ class Seq2Seq(tf.keras.Model):
             self.attention = tfa_lib.BahdanauAttention(cfg.units, normalize=True, memory=None)
         # Two wrappers over the same cell, mechanism and attention layer: one records the
         # alignment history (for attention pictures), the other does not pay for it.
-        attention_layer = tf.keras.layers.Dense(cfg.units, use_bias=False, name="attention_layer")
+        self.attention_layer = tf.keras.layers.Dense(
+            cfg.units, use_bias=False, name="attention_layer"
+        )
         self.attention_cell, self.attention_cell_with_history = (
             tfa_lib.AttentionWrapper(
                 self.decoder_cell,
                 self.attention,
-                attention_layer=attention_layer,
+                attention_layer=self.attention_layer,
                 alignment_history=history,
                 output_attention=cfg.attention == "luong",
                 name="attention_wrapper",
@@ -49,6 +51,11 @@ class Seq2Seq(tf.keras.Model):
             tied_embedding=self.target_embedding if cfg.tie_embeddings else None,
             name="projection",
         )
+
+    def uses_fused_decoder(self) -> bool:
+        """Whether teacher-forced decoding runs `attention_decoder`'s kernel (else TFA's loop)."""
+        cfg = self.cfg
+        return cfg.fused_decoder and cfg.attention == "luong" and not cfg.layer_norm
 
     def _cell(self, alignment_history: bool):
         return self.attention_cell_with_history if alignment_history else self.attention_cell
@@ -89,6 +96,15 @@ class Seq2Seq(tf.keras.Model):
                 output_mask.dtype,
             )
         probability = inputs.get("sampling_probability")
+        if probability is None and self.uses_fused_decoder():
+            result = attention_decoder.luong_decode(
+                embedded,
+                inputs["source_lengths"],
+                self.attention,
+                self.attention_layer,
+                self.decoder_cell,
+            )
+            return result * output_mask[:, None, :]
         if probability is None:
             sampler, output_layer = tfa_lib.TrainingSampler(), None
         else:

@@ -15,27 +15,49 @@ checks outputs and gradients against `tf.keras.layers.RNN(LSTMCell)`.
 import tensorflow as tf
 
 
-def _split_gates(z):
+def split_gates(z):
     i, f, g, o = tf.split(z, 4, axis=-1)
     return tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
 
 
-def _time_major(x):
+def time_major(x):
     return tf.transpose(x, [1, 0, 2])
 
 
-def _matmul_all_steps(x, w):
+def matmul_all_steps(x, w):
     """[T, B, D] @ [D, K] -> [T, B, K] as one product."""
     shape = tf.shape(x)
     flat = tf.matmul(tf.reshape(x, [-1, shape[2]]), w)
     return tf.reshape(flat, [shape[0], shape[1], tf.shape(w)[1]])
 
 
-def _outer_all_steps(a, b):
+def outer_all_steps(a, b):
     """Sum over steps and batch of a[t, b]^T b[t, b]: [T, B, D], [T, B, K] -> [D, K]."""
     return tf.matmul(
         tf.reshape(a, [-1, tf.shape(a)[2]]), tf.reshape(b, [-1, tf.shape(b)[2]]), transpose_a=True
     )
+
+
+def cell_backward(dh, dc, gates, tanh_c, prev_c):
+    """One LSTM step backward: (d pre-activations [B, 4H], d previous cell state).
+
+    Args:
+      dh, dc: gradients reaching this step's new h and new c.
+      gates: the step's activated gates, i, f, g, o concatenated; tanh_c: tanh(new c);
+      prev_c: the cell state the step started from.
+    """
+    i, f, g, o = tf.split(gates, 4, axis=-1)
+    dc = dc + dh * o * (1 - tanh_c * tanh_c)
+    dz = tf.concat(
+        [
+            dc * g * i * (1 - i),
+            dc * prev_c * f * (1 - f),
+            dc * i * (1 - g * g),
+            dh * tanh_c * o * (1 - o),
+        ],
+        axis=-1,
+    )
+    return dz, dc * f
 
 
 def lstm_sequence(inputs, mask, kernel, recurrent_kernel, bias, reverse: bool = False):
@@ -50,7 +72,7 @@ def lstm_sequence(inputs, mask, kernel, recurrent_kernel, bias, reverse: bool = 
     Returns:
       outputs [B, T, H] (in input order), final h [B, H], final c [B, H].
     """
-    mask_t = _time_major(tf.cast(mask, inputs.dtype)[:, :, None])
+    mask_t = time_major(tf.cast(mask, inputs.dtype)[:, :, None])
     lstm = _REVERSE if reverse else _FORWARD
     return lstm(inputs, mask_t, kernel, recurrent_kernel, bias)
 
@@ -64,10 +86,10 @@ def _make_lstm(reverse: bool):
     @tf.custom_gradient
     def lstm(x, mask_t, kernel, recurrent_kernel, bias):
         dtype = x.dtype
-        x_t = _time_major(x)
+        x_t = time_major(x)
         steps, batch = tf.shape(x_t)[0], tf.shape(x_t)[1]
         units = tf.shape(recurrent_kernel)[0]
-        projected = _matmul_all_steps(x_t, kernel) + bias
+        projected = matmul_all_steps(x_t, kernel) + bias
         at = _step_order(steps, reverse)
 
         def arrays():
@@ -75,7 +97,7 @@ def _make_lstm(reverse: bool):
 
         def body(n, h, c, outs, prev_h, prev_c, gates, tanh_c):
             t = at(n)
-            i, f, g, o = _split_gates(projected[t] + tf.matmul(h, recurrent_kernel))
+            i, f, g, o = split_gates(projected[t] + tf.matmul(h, recurrent_kernel))
             new_c = f * c + i * g
             new_tanh_c = tf.tanh(new_c)
             new_h = o * new_tanh_c
@@ -96,32 +118,22 @@ def _make_lstm(reverse: bool):
         )
         prev_h, prev_c = prev_h.stack(), prev_c.stack()
         gates, tanh_c = gates.stack(), tanh_c.stack()
-        outputs = _time_major(outs.stack())
+        outputs = time_major(outs.stack())
 
         def grad(d_outputs, d_h, d_c):
-            d_out_t = _time_major(d_outputs)
+            d_out_t = time_major(d_outputs)
             back = _step_order(steps, not reverse)
             recurrent_t = tf.transpose(recurrent_kernel)
 
             def back_body(n, dh, dc, d_z):
                 t = back(n)
                 m = mask_t[t]
-                i, f, g, o = tf.split(gates[t], 4, axis=-1)
-                tc = tanh_c[t]
-                dh_new = m * (dh + d_out_t[t])
-                dc_new = m * dc + dh_new * o * (1 - tc * tc)
-                dz = tf.concat(
-                    [
-                        dc_new * g * i * (1 - i),
-                        dc_new * prev_c[t] * f * (1 - f),
-                        dc_new * i * (1 - g * g),
-                        dh_new * tc * o * (1 - o),
-                    ],
-                    axis=-1,
+                dz, dc_prev = cell_backward(
+                    m * (dh + d_out_t[t]), m * dc, gates[t], tanh_c[t], prev_c[t]
                 )
                 d_z = d_z.write(t, dz)
                 dh = tf.matmul(dz, recurrent_t) + (1 - m) * dh
-                dc = dc_new * f + (1 - m) * dc
+                dc = dc_prev + (1 - m) * dc
                 return n + 1, dh, dc, d_z
 
             dh0 = zeros if d_h is None else tf.cast(d_h, dtype)
@@ -130,12 +142,12 @@ def _make_lstm(reverse: bool):
                 lambda n, *_: n < steps, back_body, (0, dh0, dc0, arrays())
             )
             d_z = d_z.stack()
-            d_x = _time_major(_matmul_all_steps(d_z, tf.transpose(kernel)))
+            d_x = time_major(matmul_all_steps(d_z, tf.transpose(kernel)))
             return (
                 d_x,
                 None,
-                _outer_all_steps(x_t, d_z),
-                _outer_all_steps(prev_h, d_z),
+                outer_all_steps(x_t, d_z),
+                outer_all_steps(prev_h, d_z),
                 tf.reduce_sum(d_z, axis=[0, 1]),
             )
 

@@ -1,0 +1,117 @@
+"""The fused teacher-forced decoder against TFA's AttentionWrapper loop on the same weights."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import config as config_lib
+from trainer import model
+
+SOURCE_VOCAB, TARGET_VOCAB = 20, 24
+
+
+def _inputs():
+    """Four pairs with different source and target lengths (PAD 0, BOS 2, EOS 3)."""
+    return {
+        "source_ids": tf.constant(
+            [[5, 6, 7, 3, 0, 0], [5, 6, 3, 0, 0, 0], [8, 9, 10, 11, 12, 3], [4, 3, 0, 0, 0, 0]]
+        ),
+        "source_lengths": tf.constant([4, 3, 6, 2]),
+        "target_in": tf.constant(
+            [[2, 5, 6, 7, 0, 0], [2, 5, 0, 0, 0, 0], [2, 5, 6, 7, 8, 9], [2, 9, 9, 4, 0, 0]]
+        ),
+        "target_lengths": tf.constant([4, 2, 6, 4]),
+    }
+
+
+def _model(**changes) -> model.Seq2Seq:
+    tiny = config_lib.get_experiment("attention_seq2seq/tiny").model
+    cfg = dataclasses.replace(tiny, embedding_dim=6, units=8, **changes)
+    tf.keras.utils.set_random_seed(3)
+    return model.Seq2Seq(cfg, SOURCE_VOCAB, TARGET_VOCAB)
+
+
+def _build(**changes) -> model.Seq2Seq:
+    seq2seq = _model(**changes)
+    seq2seq(_inputs())
+    # A trained-looking attention scale, so its gradient and the scores' scaling both matter.
+    seq2seq.attention.scale_weight.assign(1.7)
+    return seq2seq
+
+
+def _run(seq2seq, fused: bool):
+    """Outputs at real target positions, and the gradients of a loss weighing each differently."""
+    seq2seq.cfg = dataclasses.replace(seq2seq.cfg, fused_decoder=fused)
+    inputs = _inputs()
+    mask = tf.sequence_mask(inputs["target_lengths"], 6)
+    with tf.GradientTape() as tape:
+        outputs = seq2seq(inputs, training=True)
+        weights = tf.random.stateless_normal(outputs.shape, [7, 8], dtype=outputs.dtype)
+        loss = tf.reduce_sum(tf.boolean_mask(outputs * weights, mask))
+    variables = seq2seq.trainable_variables
+    grads = tape.gradient(loss, variables)
+    return tf.boolean_mask(outputs, mask), {
+        v.name: tf.convert_to_tensor(g)
+        for v, g in zip(variables, grads, strict=True)
+        if g is not None
+    }
+
+
+@pytest.mark.parametrize(
+    "layers,residual_from", [(2, 2), (3, 2), (3, 3), (1, 2)], ids=["2r2", "3r2", "3r3", "1"]
+)
+def test_fused_decoder_matches_tfa_outputs_and_every_gradient(layers, residual_from):
+    seq2seq = _build(decoder_layers=layers, residual_from=residual_from)
+    assert seq2seq.uses_fused_decoder()
+    ours, our_grads = _run(seq2seq, fused=True)
+    theirs, their_grads = _run(seq2seq, fused=False)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    # Every decoder-side weight gets a gradient on both paths, and they agree.
+    assert our_grads.keys() == their_grads.keys()
+    names = sorted(our_grads)
+    assert any("attention_g" in n for n in names) and any("memory_layer" in n for n in names)
+    for name in names:
+        np.testing.assert_allclose(
+            our_grads[name], their_grads[name], rtol=1e-4, atol=1e-6, err_msg=name
+        )
+
+
+def test_fused_decoder_matches_under_bfloat16():
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        seq2seq = _build()
+        ours, our_grads = _run(seq2seq, fused=True)
+        theirs, their_grads = _run(seq2seq, fused=False)
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    assert ours.dtype == tf.bfloat16
+    np.testing.assert_allclose(
+        tf.cast(ours, tf.float32), tf.cast(theirs, tf.float32), rtol=0.05, atol=0.02
+    )
+    for name, grad in our_grads.items():
+        scale = float(tf.reduce_max(tf.abs(their_grads[name]))) + 1e-3
+        np.testing.assert_allclose(grad / scale, their_grads[name] / scale, atol=0.05, err_msg=name)
+
+
+def test_fused_decoder_runs_inside_a_graph_with_unknown_lengths():
+    seq2seq = _build()
+    spec = {
+        k: tf.TensorSpec([None, None] if v.shape.rank == 2 else [None], v.dtype)
+        for k, v in _inputs().items()
+    }
+
+    @tf.function(input_signature=[spec])
+    def loss(inputs):
+        return tf.reduce_sum(seq2seq(inputs, training=True))
+
+    eager = float(tf.reduce_sum(seq2seq(_inputs(), training=True)))
+    assert float(loss(_inputs())) == pytest.approx(eager, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "changes", [{"attention": "bahdanau"}, {"layer_norm": True}, {"fused_decoder": False}]
+)
+def test_configurations_the_kernel_does_not_cover_use_tfa(changes):
+    assert not _model(**changes).uses_fused_decoder()
