@@ -1,12 +1,15 @@
-"""Translation quality against training time: test BLEU and chrF after given training minutes.
+"""Translation quality against training time or steps: test BLEU and chrF at given marks.
 
-Trains a config (default: the reference `attention_seq2seq/base`) on the bundled dataset and, each
-time the training clock passes a mark, scores the whole test split with beam search (sacreBLEU on
-detokenized text, with its signature). The clock counts training only (input, steps, logging);
-it stops while a mark is scored, so the curve is comparable with another system's "minutes after
-launch" up to its own evaluation cost. Run it alone: 2 cores, and any other job slows training.
+Trains a config (default: the reference `attention_seq2seq/base`) on the bundled dataset, with the
+runtime a user gets by default, and each time the training clock (or the step count, with
+`--steps`) passes a mark, scores the whole test split with beam search (sacreBLEU on detokenized
+text, with its signature). The clock counts training only (input, steps, logging); it stops while
+a mark is scored, so the curve is comparable with another system's "minutes after launch" up to
+its own evaluation cost. Step marks compare two configs at equal steps (e.g. float32 against
+bfloat16). Run it alone: 2 cores, and any other job slows training.
 
   .venv/bin/python bench/quality.py --minutes 5,10,20 [--params_override ...]
+  .venv/bin/python bench/quality.py --steps 700,1400 --params_override train.mixed_precision=...
 """
 
 import argparse
@@ -24,17 +27,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", default=common.DEFAULT_DATA_DIR)
     parser.add_argument("--minutes", default="5,10,20", help="Comma-separated marks.")
+    parser.add_argument("--steps", default="", help="Comma-separated step marks (not minutes).")
     parser.add_argument("--experiment", default="attention_seq2seq/base")
     parser.add_argument("--params_override", default="")
     parser.add_argument("--name", default="quality", help="Results file name (bench/results/).")
     args = parser.parse_args()
-    marks = sorted(float(m) for m in args.minutes.split(","))
+    by_steps = bool(args.steps)
+    marks = sorted(float(m) for m in (args.steps or args.minutes).split(","))
     data_dir = common.ensure_dataset(args.data_dir)
 
     import tensorflow as tf
 
     from pipeline import config
-    from trainer import train_loop
+    from trainer import distribution, train_loop
 
     overrides = f"data.data_dir={data_dir},train.train_steps=10000000"
     if args.params_override:
@@ -42,18 +47,23 @@ def main():
     cfg = config.build_config(args.experiment, params_override=overrides)
     rows = []
     with tempfile.TemporaryDirectory() as model_dir:
-        trainer = train_loop.Trainer(cfg, model_dir, tf.distribute.get_strategy())
+        strategy = distribution.build_strategy(cfg.runtime, distribution.cpu_replicas(cfg))
+        trainer = train_loop.Trainer(cfg, model_dir, strategy)
         iterator = iter(trainer._dataset(0))
         train_fn = trainer._make_train_fn()
-        trained = 0.0
+        trained, steps = 0.0, 0
         for mark in marks:
-            while trained < mark * 60:
+            while (steps if by_steps else trained / 60) < mark:
+                loop = cfg.train.steps_per_loop
+                if by_steps:
+                    loop = min(loop, int(mark) - steps)
                 started = time.perf_counter()
-                train_fn(iterator, tf.constant(cfg.train.steps_per_loop))
+                train_fn(iterator, tf.constant(loop))
                 trained += time.perf_counter() - started
+                steps += loop
             result = trainer.evaluate("test")
             row = {
-                "minutes": mark,
+                "minutes": round(trained / 60, 2),
                 "step": result["step"],
                 "bleu": result["bleu"],
                 "chrf": result["chrf"],

@@ -97,6 +97,12 @@ class RuntimeConfig:
 
     strategy: str = _field("auto", "auto, tpu, multi_worker_mirrored, mirrored or one_device.")
     tpu: str = _field("", "TPU name or 'local' for a TPU VM (strategy=tpu).")
+    cpu_replicas: int = _field(
+        0,
+        "Replicas on a host without accelerators (strategy=auto), each with an equal share of "
+        "the cores: 0 = 2 when the host has 2+ cores, the batch splits evenly and XLA is off, "
+        "else 1.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,6 +327,18 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
         problems.append("model.dropout must be in [0, 1)")
     if not 0.0 <= model.label_smoothing < 1.0:
         problems.append("model.label_smoothing must be in [0, 1)")
+    if config.runtime.cpu_replicas < 0:
+        problems.append("runtime.cpu_replicas must be >= 0 (0: automatic)")
+    elif config.runtime.cpu_replicas > 1 and train.jit_compile:
+        problems.append(
+            "runtime.cpu_replicas > 1 cannot run with train.jit_compile (XLA needs every "
+            "variable of the step on one device); use 0 or 1"
+        )
+    elif config.runtime.cpu_replicas > 1 and data.batch_size % config.runtime.cpu_replicas:
+        problems.append(
+            f"data.batch_size={data.batch_size} must be divisible by "
+            f"runtime.cpu_replicas={config.runtime.cpu_replicas}"
+        )
     if data.sort_pool < 0:
         problems.append("data.sort_pool must be >= 0")
     if train.clip_norm < 0:

@@ -77,7 +77,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     cfg = build_config_from_flags()
-    strategy = distribution.build_strategy(cfg.runtime)
+    strategy = distribution.build_strategy(cfg.runtime, distribution.cpu_replicas(cfg))
     if _DETERMINISTIC.value:
         tf.config.experimental.enable_op_determinism()
     tf.keras.utils.set_random_seed(cfg.train.seed)

@@ -41,6 +41,12 @@ def test_config_is_frozen():
         ("data.bucket_boundaries=8;16", "must be >= data.max_length+1"),
         ("train.jit_compile=maybe", "expected true or false"),
         ("units=3", "unknown field 'units'"),
+        ("runtime.cpu_replicas=-1", "runtime.cpu_replicas must be >= 0"),
+        (
+            "runtime.cpu_replicas=3",
+            "data.batch_size=64 must be divisible by runtime.cpu_replicas=3",
+        ),
+        ("runtime.cpu_replicas=2,train.jit_compile=true", "cannot run with train.jit_compile"),
     ],
 )
 def test_bad_overrides_are_refused_with_the_field_named(override, message):

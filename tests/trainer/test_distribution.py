@@ -6,6 +6,7 @@ that `trainer.tpu` calls them in the order a real TPU needs.
 """
 
 import json
+import subprocess
 import sys
 import types
 
@@ -26,6 +27,57 @@ def test_auto_is_one_device_without_a_cluster(monkeypatch):
     strategy = distribution.build_strategy(_runtime())
     assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
     assert distribution.is_chief(strategy)
+
+
+@pytest.mark.parametrize(
+    "cores, overrides, replicas",
+    [
+        (2, "", 2),
+        (1, "", 1),
+        (8, "", 2),
+        (2, "train.jit_compile=true", 1),
+        (2, "data.batch_size=63", 1),
+        (2, "runtime.cpu_replicas=1", 1),
+        (1, "runtime.cpu_replicas=4", 4),
+    ],
+)
+def test_cpu_replicas_auto_and_explicit(monkeypatch, cores, overrides, replicas):
+    monkeypatch.setattr(distribution, "_host_cores", lambda: cores)
+    cfg = config.build_config("attention_seq2seq/base", params_override=overrides)
+    assert distribution.cpu_replicas(cfg) == replicas
+
+
+def test_cpu_replicas_fall_back_to_one_device_once_tensorflow_is_initialised(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    tf.constant(1.0)  # this test process has initialised its devices already
+    strategy = distribution.build_strategy(_runtime(), host_cpu_replicas=2)
+    assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
+
+
+def test_cpu_replicas_split_the_host_in_a_fresh_process():
+    """Two logical CPUs, one intra-op thread each on 2 cores, and a step that sums both halves."""
+    script = """
+import json, os, tensorflow as tf
+from pipeline import config
+from trainer import distribution
+distribution._host_cores = lambda: 2
+strategy = distribution.build_strategy(config.RuntimeConfig(), host_cpu_replicas=2)
+per_replica = strategy.run(lambda: tf.distribute.get_replica_context().replica_id_in_sync_group + 1)
+total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+print(json.dumps({
+    "type": type(strategy).__name__,
+    "devices": list(strategy.extended.worker_devices),
+    "intra": tf.config.threading.get_intra_op_parallelism_threads(),
+    "sum": int(total),
+}))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["type"] == "MirroredStrategy"
+    assert [d.split("/")[-1] for d in out["devices"]] == ["device:CPU:0", "device:CPU:1"]
+    assert out["intra"] == 1 and out["sum"] == 3
 
 
 @pytest.mark.parametrize(
