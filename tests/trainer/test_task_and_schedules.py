@@ -363,6 +363,20 @@ def test_every_batch_is_padded_to_its_bucket_boundary():
     assert len(expected) == len(PAIRS) - 2
 
 
+def test_sorted_pools_pad_each_side_to_its_own_longest_and_lose_nothing():
+    pairs = [(s, t) for s in range(1, 9) for t in range(1, 9)]  # 64 pairs, 16 batches of 4
+    dataset = data.sort_pools_and_pad(_examples(pairs), 4, pool_batches=8, seed=3)
+    seen = []
+    for batch in dataset.as_numpy_iterator():
+        assert batch[data.SOURCE_IDS].shape[1] == batch[data.SOURCE_LENGTHS].max()
+        for key in (data.TARGET_IN, data.TARGET_OUT):
+            assert batch[key].shape[1] == batch[data.TARGET_LENGTHS].max()
+        # Sorted by the longer side first: a batch spans at most two neighbouring lengths.
+        assert np.ptp(_longest(batch)) <= 1
+        seen += zip(batch[data.SOURCE_LENGTHS], batch[data.TARGET_LENGTHS], strict=True)
+    assert sorted(seen) == sorted(pairs)
+
+
 def test_drop_remainder_gives_only_full_batches():
     dataset = data.bucket_and_pad(_examples(PAIRS), BOUNDARIES, 2, True, static_shapes=False)
     sizes = [len(b[data.SOURCE_LENGTHS]) for b in dataset.as_numpy_iterator()]
