@@ -19,14 +19,6 @@ import tensorflow as tf
 from trainer import recurrent
 
 
-def _layer_step(z, c):
-    """LSTM gates and new state from pre-activations: (h, c, gates, tanh(c))."""
-    i, f, g, o = recurrent.split_gates(z)
-    new_c = f * c + i * g
-    tanh_c = tf.tanh(new_c)
-    return o * tanh_c, new_c, tf.concat([i, f, g, o], axis=-1), tanh_c
-
-
 def _make_decoder(num_layers: int, residual_from: int):
     """The kernel for one stack shape; layer i >= 1 adds its input when i + 1 >= residual_from."""
     residual = [i > 0 and i + 1 >= residual_from for i in range(num_layers)]
@@ -68,7 +60,7 @@ def _make_decoder(num_layers: int, residual_from: int):
                 inputs = tf.concat([x, h], axis=-1)
                 z = tf.matmul(inputs, step_kernels[i])
                 z = z + (projected[t] if i == 0 else biases[i])
-                new_h, new_c, gates, tanh_c = _layer_step(z, c)
+                new_h, new_c, gates, tanh_c = recurrent.cell_forward(z, c)
                 layer_inputs[i] = layer_inputs[i].write(t, inputs)
                 prev_cs[i] = prev_cs[i].write(t, c)
                 gates_all[i] = gates_all[i].write(t, gates)

@@ -15,9 +15,16 @@ checks outputs and gradients against `tf.keras.layers.RNN(LSTMCell)`.
 import tensorflow as tf
 
 
-def split_gates(z):
+def cell_forward(z, c):
+    """One LSTM step from pre-activations z [B, 4H] and cell state c: (h, c, gates, tanh(c)).
+
+    `gates` are the activated i, f, g, o concatenated, as `cell_backward` takes them.
+    """
     i, f, g, o = tf.split(z, 4, axis=-1)
-    return tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+    i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+    new_c = f * c + i * g
+    tanh_c = tf.tanh(new_c)
+    return o * tanh_c, new_c, tf.concat([i, f, g, o], axis=-1), tanh_c
 
 
 def time_major(x):
@@ -97,14 +104,13 @@ def _make_lstm(reverse: bool):
 
         def body(n, h, c, outs, prev_h, prev_c, gates, tanh_c):
             t = at(n)
-            i, f, g, o = split_gates(projected[t] + tf.matmul(h, recurrent_kernel))
-            new_c = f * c + i * g
-            new_tanh_c = tf.tanh(new_c)
-            new_h = o * new_tanh_c
+            new_h, new_c, step_gates, new_tanh_c = cell_forward(
+                projected[t] + tf.matmul(h, recurrent_kernel), c
+            )
             m = mask_t[t]
             outs = outs.write(t, new_h * m)
             prev_h, prev_c = prev_h.write(t, h), prev_c.write(t, c)
-            gates = gates.write(t, tf.concat([i, f, g, o], axis=-1))
+            gates = gates.write(t, step_gates)
             tanh_c = tanh_c.write(t, new_tanh_c)
             h = h + m * (new_h - h)
             c = c + m * (new_c - c)
