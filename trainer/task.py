@@ -15,17 +15,44 @@ def build_model(cfg: config_lib.ModelConfig, metadata: dict) -> model.Seq2Seq:
     return model.Seq2Seq(cfg, vocab["source"]["size"], vocab["target"]["size"])
 
 
+def sparse_softmax_nll(labels, logits):
+    """-log softmax(logits)[label] per position: `sparse_softmax_cross_entropy_with_logits`.
+
+    TF's fused kernel takes about 4x as long as one softmax on CPU (28 ms against 7 ms for
+    [640, 8k] on one thread, as much as the projection's matrix product). Here the forward pass
+    is one softmax plus two row maxima: log-sum-exp = max(logits) - log(max(softmax)), and the
+    largest probability is at least 1/V, so the log never underflows. The gradient is the saved
+    softmax scaled by the incoming gradient, minus it at the labels.
+    """
+    depth = tf.shape(logits)[-1]
+    flat_labels = tf.reshape(labels, [-1])
+    rows = tf.range(tf.shape(flat_labels)[0])
+
+    @tf.custom_gradient
+    def nll(flat_logits):
+        probs = tf.nn.softmax(flat_logits)
+        log_sum_exp = tf.reduce_max(flat_logits, -1) - tf.math.log(tf.reduce_max(probs, -1))
+        label_logits = tf.gather(flat_logits, flat_labels, batch_dims=1)
+
+        def grad(d_nll):
+            at_labels = tf.stack([rows, flat_labels], axis=1)
+            return tf.tensor_scatter_nd_sub(probs * d_nll[:, None], at_labels, d_nll)
+
+        return log_sum_exp - label_logits, grad
+
+    return tf.reshape(nll(tf.reshape(logits, [-1, depth])), tf.shape(labels))
+
+
 def cross_entropy(logits, labels, smoothing: float, label_and_mean_logits=None):
     """Per-position (label-smoothed loss, plain NLL), in float32.
 
     With smoothing s over V classes the loss is (1 - s) * nll - s * mean(log_probs), which
-    equals nll + s * (logits[label] - mean(logits)). The NLL comes from the fused sparse
-    softmax cross-entropy kernel (its gradient is formed in the same pass); the two smoothing
-    terms are taken from `label_and_mean_logits` when given (see
+    equals nll + s * (logits[label] - mean(logits)). The NLL comes from `sparse_softmax_nll`;
+    the two smoothing terms are taken from `label_and_mean_logits` when given (see
     `OutputProjection.label_and_mean_logits`), else read off the logits.
     """
     logits = tf.cast(logits, tf.float32)
-    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    nll = sparse_softmax_nll(labels, logits)
     if smoothing <= 0.0:
         return nll, nll
     if label_and_mean_logits is None:

@@ -86,6 +86,29 @@ def test_cross_entropy_without_smoothing_is_the_nll():
     np.testing.assert_allclose(nll, expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("spread", [1.0, 300.0])
+def test_sparse_softmax_nll_matches_tfs_kernel(spread, jit_compile):
+    """Values and gradients, [B, T, V] logits; a spread of 300 puts some labels ~1000 nats out."""
+    logits = spread * tf.random.stateless_normal([3, 4, 50], [5, 6])
+    labels = tf.random.stateless_uniform([3, 4], [7, 8], 0, 50, tf.int32)
+    weights = tf.random.stateless_uniform([3, 4], [9, 1])  # a non-uniform incoming gradient
+
+    @tf.function(jit_compile=jit_compile)
+    def loss_and_grad(nll_fn):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            nll = nll_fn(labels, logits)
+            total = tf.reduce_sum(weights * nll)
+        return nll, tape.gradient(total, logits)
+
+    nll, grad = loss_and_grad(task.sparse_softmax_nll)
+    expected_nll, expected_grad = loss_and_grad(tf.nn.sparse_softmax_cross_entropy_with_logits)
+    assert float(tf.reduce_max(expected_nll)) > (500 if spread > 1 else 0)
+    np.testing.assert_allclose(nll, expected_nll, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(grad, expected_grad, atol=1e-6)
+
+
 def test_smoothed_cross_entropy_matches_a_hand_computation():
     """Smoothing 0.1 over V=4 classes: target distribution 0.9 on the label plus 0.1/4 on each."""
     logits = np.array([[2.0, 0.0, -1.0, 0.5], [0.0, 0.0, 0.0, 0.0]], np.float32)
