@@ -47,12 +47,19 @@ def encode_example(
     return example.SerializeToString()
 
 
+def parse_examples(serialized: tf.Tensor, with_text: bool = True) -> dict[str, tf.Tensor]:
+    """Parses [N] serialised records: ids as [N, None] int32 RaggedTensors, text as [N] strings.
+
+    Without `with_text` only the ids are read (training input never looks at the text).
+    """
+    spec = FEATURE_SPEC if with_text else {k: FEATURE_SPEC[k] for k in (SOURCE_IDS, TARGET_IDS)}
+    parsed = tf.io.parse_example(serialized, spec)
+    for key in (SOURCE_IDS, TARGET_IDS):
+        parsed[key] = tf.cast(parsed[key], tf.int32)
+    return parsed
+
+
 def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     """Parses one serialised record into dense int32 id vectors and string scalars."""
-    parsed = tf.io.parse_single_example(serialized, FEATURE_SPEC)
-    return {
-        SOURCE_IDS: tf.cast(parsed[SOURCE_IDS], tf.int32),
-        TARGET_IDS: tf.cast(parsed[TARGET_IDS], tf.int32),
-        SOURCE_TEXT: parsed[SOURCE_TEXT],
-        TARGET_TEXT: parsed[TARGET_TEXT],
-    }
+    parsed = parse_examples(serialized[None])
+    return {key: value[0] for key, value in parsed.items()}
