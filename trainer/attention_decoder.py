@@ -10,6 +10,10 @@ the embedding projection hoisted out of it; the backward loop holds only what de
 step's gradient, and every weight, embedding, key and value gradient is one large product after
 it. `tests/trainer/test_attention_decoder.py` checks outputs and gradients against the TFA path.
 
+Under mixed precision the products run in the compute dtype and everything carried from step to
+step (cell states, the attention vector, their gradients), the attention softmax and the bias
+and scale gradients stay in float32, as in `recurrent`.
+
 Inference (greedy, beam search) and the training configurations this kernel does not cover
 (Bahdanau attention, layer-normalised cells, scheduled sampling) run TFA's decoder.
 """
@@ -18,14 +22,17 @@ import tensorflow as tf
 
 from trainer import recurrent
 
+STATE_DTYPE = recurrent.STATE_DTYPE
+
 
 def _row_times(rows, matrices):
-    """[B, K] x [B, K, N] -> [B, N], row b times matrix b.
+    """[B, K] x [B, K, N] -> [B, N] in `STATE_DTYPE`, row b times matrix b (in its dtype).
 
     A [B, 1, K] batched product with the matrices laid out [K, N] (transposed once, outside
     the loops): on CPU 2x to 4x faster than `tf.linalg.matvec` for attention's [32, ~20, 256].
     """
-    return tf.squeeze(tf.matmul(rows[:, None, :], matrices), 1)
+    rows = tf.cast(rows, matrices.dtype)
+    return tf.cast(tf.squeeze(tf.matmul(rows[:, None, :], matrices), 1), STATE_DTYPE)
 
 
 def _make_decoder(num_layers: int, residual_from: int):
@@ -34,7 +41,7 @@ def _make_decoder(num_layers: int, residual_from: int):
 
     @tf.custom_gradient
     def decode(embedded, keys, values, memory_mask, scale, attention_kernel, *cell_weights):
-        dtype = embedded.dtype
+        dtype = embedded.dtype  # of the products; `scale` and the biases are in STATE_DTYPE
         emb_t = recurrent.time_major(embedded)
         steps, batch = tf.shape(emb_t)[0], tf.shape(emb_t)[1]
         # Widths come from the weights' static shapes, so loop states keep theirs.
@@ -49,17 +56,18 @@ def _make_decoder(num_layers: int, residual_from: int):
         )
         # Layer 0's input is [embedding, previous attention]: the embedding half for all steps
         # is one product here; in the loop each layer multiplies [input, h] by [kernel; recurrent].
-        projected = recurrent.matmul_all_steps(emb_t, kernels[0][:emb_width]) + biases[0]
+        projected = recurrent.matmul_all_steps(emb_t, kernels[0][:emb_width])
+        projected = tf.cast(projected, STATE_DTYPE) + biases[0]
         step_kernels = [tf.concat([kernels[0][emb_width:], recurrent_kernels[0]], axis=0)]
         step_kernels += [
             tf.concat([k, r], axis=0)
             for k, r in zip(kernels[1:], recurrent_kernels[1:], strict=True)
         ]
-        masked_score = tf.fill(tf.shape(memory_mask), dtype.min)
+        masked_score = tf.fill(tf.shape(memory_mask), STATE_DTYPE.min)
         keys_t = tf.transpose(keys, [0, 2, 1])  # [B, U, S]
 
-        def arrays(n):
-            return [tf.TensorArray(dtype, size=steps) for _ in range(n)]
+        def arrays(n, array_dtype=STATE_DTYPE):
+            return [tf.TensorArray(array_dtype, size=steps) for _ in range(n)]
 
         def body(t, attention, states, outs, saved):
             layer_inputs, prev_cs, gates_all, tanh_cs, query_context, alignments, raw_scores = saved
@@ -67,8 +75,8 @@ def _make_decoder(num_layers: int, residual_from: int):
             new_states = []
             for i in range(num_layers):
                 h, c = states[2 * i], states[2 * i + 1]
-                inputs = tf.concat([x, h], axis=-1)
-                z = tf.matmul(inputs, step_kernels[i])
+                inputs = tf.cast(tf.concat([x, h], axis=-1), dtype)
+                z = recurrent.product(inputs, step_kernels[i])
                 z = z + (projected[t] if i == 0 else biases[i])
                 new_h, new_c, gates, tanh_c = recurrent.cell_forward(z, c)
                 layer_inputs[i] = layer_inputs[i].write(t, inputs)
@@ -80,8 +88,8 @@ def _make_decoder(num_layers: int, residual_from: int):
             raw = _row_times(x, keys_t)  # [B, S]
             weights = tf.nn.softmax(tf.where(memory_mask, scale * raw, masked_score))
             context = _row_times(weights, values)
-            qc = tf.concat([x, context], axis=-1)
-            attention = tf.matmul(qc, attention_kernel)
+            qc = tf.cast(tf.concat([x, context], axis=-1), dtype)
+            attention = recurrent.product(qc, attention_kernel)
             saved = (
                 layer_inputs,
                 prev_cs,
@@ -91,22 +99,24 @@ def _make_decoder(num_layers: int, residual_from: int):
                 alignments.write(t, weights),
                 raw_scores.write(t, raw),
             )
-            return t + 1, attention, tuple(new_states), outs.write(t, attention), saved
+            outs = outs.write(t, tf.cast(attention, dtype))
+            return t + 1, attention, tuple(new_states), outs, saved
 
-        zeros_state = tf.zeros([batch, units], dtype)
+        zeros_state = tf.zeros([batch, units], STATE_DTYPE)
         saved0 = (
+            arrays(num_layers, dtype),
             arrays(num_layers),
             arrays(num_layers),
             arrays(num_layers),
-            arrays(num_layers),
-            *arrays(3),
+            *arrays(1, dtype),
+            *arrays(2),
         )
         _, _, _, outs, saved = tf.while_loop(
             lambda t, *_: t < steps,
             body,
             (
                 0,
-                tf.zeros([batch, attention_width], dtype),
+                tf.zeros([batch, attention_width], STATE_DTYPE),
                 (zeros_state,) * (2 * num_layers),
                 tf.TensorArray(dtype, size=steps),
                 saved0,
@@ -119,7 +129,7 @@ def _make_decoder(num_layers: int, residual_from: int):
         outputs = recurrent.time_major(outs.stack())
 
         def grad(d_outputs):
-            d_out_t = recurrent.time_major(tf.cast(d_outputs, dtype))
+            d_out_t = tf.cast(recurrent.time_major(d_outputs), STATE_DTYPE)
             attention_t = tf.transpose(attention_kernel)
             step_kernels_t = [tf.transpose(k) for k in step_kernels]
             values_t = tf.transpose(values, [0, 2, 1])
@@ -127,7 +137,7 @@ def _make_decoder(num_layers: int, residual_from: int):
             def back_body(n, d_attention, dhs, dcs, d_zs, d_scores, d_contexts, d_atts):
                 t = steps - 1 - n
                 d_att = d_out_t[t] + d_attention
-                d_qc = tf.matmul(d_att, attention_t)
+                d_qc = recurrent.product(d_att, attention_t)
                 d_query, d_context = d_qc[:, :query_width], d_qc[:, query_width:]
                 weights = alignments[t]
                 d_weights = _row_times(d_context, values_t)
@@ -142,7 +152,7 @@ def _make_decoder(num_layers: int, residual_from: int):
                         d_x + dhs[i], dcs[i], gates_all[i][t], tanh_cs[i][t], prev_cs[i][t]
                     )
                     d_zs[i] = d_zs[i].write(t, dz)
-                    d_inputs = tf.matmul(dz, step_kernels_t[i])
+                    d_inputs = recurrent.product(dz, step_kernels_t[i])
                     width = step_kernels[i].shape[0] - units
                     new_dhs[i] = d_inputs[:, width:]
                     d_x = d_inputs[:, :width] + d_x if residual[i] else d_inputs[:, :width]
@@ -163,7 +173,7 @@ def _make_decoder(num_layers: int, residual_from: int):
                 back_body,
                 (
                     0,
-                    tf.zeros([batch, attention_width], dtype),
+                    tf.zeros([batch, attention_width], STATE_DTYPE),
                     zeros,
                     zeros,
                     tuple(arrays(num_layers)),
@@ -172,17 +182,19 @@ def _make_decoder(num_layers: int, residual_from: int):
             )
             d_zs = [a.stack() for a in d_zs]
             d_scores, d_contexts, d_atts = d_scores.stack(), d_contexts.stack(), d_atts.stack()
+            # The products after the loop run in the compute dtype; the sums stay in float32.
+            d_zs_low = [tf.cast(d_z, dtype) for d_z in d_zs]
             d_embedded = recurrent.time_major(
-                recurrent.matmul_all_steps(d_zs[0], tf.transpose(kernels[0][:emb_width]))
+                recurrent.matmul_all_steps(d_zs_low[0], tf.transpose(kernels[0][:emb_width]))
             )
             d_cell_weights = []
             for i in range(num_layers):
-                d_step_kernel = recurrent.outer_all_steps(layer_inputs[i], d_zs[i])
+                d_step_kernel = recurrent.outer_all_steps(layer_inputs[i], d_zs_low[i])
                 in_width = step_kernels[i].shape[0] - units
                 d_kernel = d_step_kernel[:in_width]
                 if i == 0:
                     d_kernel = tf.concat(
-                        [recurrent.outer_all_steps(emb_t, d_zs[0]), d_kernel], axis=0
+                        [recurrent.outer_all_steps(emb_t, d_zs_low[0]), d_kernel], axis=0
                     )
                 d_cell_weights += [
                     d_kernel,
@@ -190,10 +202,14 @@ def _make_decoder(num_layers: int, residual_from: int):
                     tf.reduce_sum(d_zs[i], axis=[0, 1]),
                 ]
             queries = query_context[:, :, :query_width]
-            d_keys = scale * tf.einsum("tbs,tbu->bsu", d_scores, queries)
-            d_values = tf.einsum("tbs,tbu->bsu", alignments, d_contexts)
+            d_keys = tf.cast(scale, dtype) * tf.einsum(
+                "tbs,tbu->bsu", tf.cast(d_scores, dtype), queries
+            )
+            d_values = tf.einsum(
+                "tbs,tbu->bsu", tf.cast(alignments, dtype), tf.cast(d_contexts, dtype)
+            )
             d_scale = tf.reduce_sum(d_scores * raw_scores)
-            d_attention_kernel = recurrent.outer_all_steps(query_context, d_atts)
+            d_attention_kernel = recurrent.outer_all_steps(query_context, tf.cast(d_atts, dtype))
             return (
                 d_embedded,
                 d_keys,
@@ -229,7 +245,11 @@ def luong_decode(embedded, memory_lengths, mechanism, attention_layer, cell):
         attention_layer.build(tf.TensorShape([None, query_width + mechanism.values.shape[-1]]))
     weights = []
     for layer in cell.cells:
-        weights += [layer.kernel, layer.recurrent_kernel, layer.bias]
+        weights += [
+            tf.cast(layer.kernel, dtype),
+            tf.cast(layer.recurrent_kernel, dtype),
+            recurrent.full_precision(layer.bias),
+        ]
     memory_mask = tf.sequence_mask(memory_lengths, tf.shape(mechanism.values)[1])
     decode = _make_decoder(len(cell.cells), cell.residual_from)
     return decode(
@@ -237,7 +257,7 @@ def luong_decode(embedded, memory_lengths, mechanism, attention_layer, cell):
         tf.cast(mechanism.keys, dtype),
         tf.cast(mechanism.values, dtype),
         memory_mask,
-        tf.cast(mechanism.scale_weight, dtype),
+        recurrent.full_precision(mechanism.scale_weight),
         tf.cast(attention_layer.kernel, dtype),
-        *(tf.cast(w, dtype) for w in weights),
+        *weights,
     )

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline import config as config_lib
+from tests.trainer.lstm_fixture import accumulating_bias
 from trainer import model
 
 SOURCE_VOCAB, TARGET_VOCAB = 20, 24
@@ -87,6 +88,7 @@ def test_fused_decoder_matches_under_bfloat16():
     finally:
         tf.keras.mixed_precision.set_global_policy("float32")
     assert ours.dtype == tf.bfloat16
+    assert our_grads.keys() == their_grads.keys()
     np.testing.assert_allclose(
         tf.cast(ours, tf.float32), tf.cast(theirs, tf.float32), rtol=0.05, atol=0.02
     )
@@ -115,3 +117,30 @@ def test_fused_decoder_runs_inside_a_graph_with_unknown_lengths():
 )
 def test_configurations_the_kernel_does_not_cover_use_tfa(changes):
     assert not _model(**changes).uses_fused_decoder()
+
+
+def test_fused_decoder_keeps_state_in_float32_under_bfloat16():
+    """Cells that add 0.003 to their state per step: a bfloat16 state would drift by ~30%."""
+    steps, step = 300, 0.003
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        seq2seq = _build(decoder_layers=2, residual_from=2)
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    for cell in seq2seq.decoder_cell.cells:
+        cell.kernel.assign(tf.zeros_like(cell.kernel))
+        cell.recurrent_kernel.assign(tf.zeros_like(cell.recurrent_kernel))
+        cell.bias.assign(accumulating_bias(cell.units, step))
+    # The attention vector is the query alone: the top layer's h plus the residual below it.
+    units = seq2seq.cfg.units
+    kernel = seq2seq.attention_layer.kernel
+    kernel.assign(tf.concat([tf.eye(units), tf.zeros([kernel.shape[0] - units, units])], 0))
+    inputs = _inputs()
+    inputs["target_in"] = tf.random.stateless_uniform(
+        [4, steps], [9, 9], minval=4, maxval=TARGET_VOCAB, dtype=tf.int32
+    )
+    inputs["target_lengths"] = tf.fill([4], steps)
+    outputs = seq2seq(inputs)
+    expected = 2 * np.tanh(step * np.arange(1, steps + 1))
+    for row in tf.cast(outputs[:, :, 0], tf.float32):
+        np.testing.assert_allclose(row, expected, atol=0.01)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.trainer.lstm_fixture import accumulating_bias
 from trainer import layers, recurrent
 
 BATCH, STEPS, WIDTH, UNITS = 5, 7, 6, 4
@@ -109,3 +110,27 @@ def test_layer_norm_cells_keep_the_sequence_interface():
         # The state is the output at the last real step of the run's direction.
         last = 0 if reverse else 6
         np.testing.assert_allclose(outputs[0, last], h[0], atol=1e-6)
+
+
+def test_mixed_precision_keeps_cell_state_and_bias_gradient_in_float32():
+    steps, step = 300, 0.003
+    x = tf.random.stateless_normal([BATCH, steps, WIDTH], [3, 4])
+    lengths = tf.constant([300, 250, 120, 300, 7])
+    mask = tf.sequence_mask(lengths, steps)
+    mixed = recurrent.FusedLSTM(UNITS, dtype="mixed_bfloat16")
+    mixed(x, mask)
+    mixed.kernel.assign(tf.zeros_like(mixed.kernel))
+    mixed.recurrent_kernel.assign(tf.zeros_like(mixed.recurrent_kernel))
+    mixed.bias.assign(accumulating_bias(UNITS, step))
+    with tf.GradientTape() as tape:
+        outputs, _, c = mixed(x, mask)
+        loss = tf.reduce_sum(tf.cast(c, tf.float32))
+    real_steps = tf.cast(lengths, tf.float32)
+    np.testing.assert_allclose(tf.cast(c[:, 0], tf.float32), step * real_steps, rtol=0.01)
+    expected = np.tanh(step * np.arange(1, steps + 1))
+    np.testing.assert_allclose(tf.cast(outputs[0, :, 0], tf.float32), expected, atol=0.005)
+    # d loss / d g-bias: each real step adds i * (1 - g^2) to every unit of every row.
+    d_bias = tape.gradient(loss, mixed.bias)
+    assert d_bias.dtype == tf.float32
+    expected_g = float(tf.reduce_sum(real_steps)) * (1 - step**2)
+    np.testing.assert_allclose(d_bias[2 * UNITS : 3 * UNITS], expected_g, rtol=1e-3)
