@@ -52,6 +52,7 @@ def main():
         iterator = iter(trainer._dataset(0))
         train_fn = trainer._make_train_fn()
         trained, steps = 0.0, 0
+        last_report = time.perf_counter()
         for mark in marks:
             while (steps if by_steps else trained / 60) < mark:
                 loop = cfg.train.steps_per_loop
@@ -61,6 +62,9 @@ def main():
                 train_fn(iterator, tf.constant(loop))
                 trained += time.perf_counter() - started
                 steps += loop
+                if time.perf_counter() - last_report > 60:
+                    print(f"step {steps}, {trained / 60:.1f} min of training", flush=True)
+                    last_report = time.perf_counter()
             result = trainer.evaluate("test")
             row = {
                 "minutes": round(trained / 60, 2),
