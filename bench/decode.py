@@ -61,7 +61,7 @@ def _time(decode_batch, batches) -> tuple[float, list[list[int]]]:
 
 def live_variants(trainer, batches) -> dict:
     """{mode: (seconds, hypotheses as id lists)} for the in-process model."""
-    seq2seq = trainer.model
+    seq2seq = trainer.decoding_model()
 
     @tf.function(input_signature=_ID_SPECS)
     def greedy(source_ids, source_lengths):

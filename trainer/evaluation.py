@@ -42,11 +42,15 @@ def corpus_scores(hypotheses: list[str], references: list[str]) -> dict:
 
 
 class Evaluator:
-    """Computes dev loss and translation quality with the live model."""
+    """Computes dev loss with the training model and translation quality with `decoding_model`.
 
-    def __init__(self, task, target_tokenizer, data_cfg):
+    The two differ under mixed precision (`Trainer.decoding_model` is a float32 twin whose
+    weights the trainer refreshes before each evaluation).
+    """
+
+    def __init__(self, task, decoding_model, target_tokenizer, data_cfg):
         self.task = task
-        self.model = task.model
+        self.model = decoding_model
         self.target_tokenizer = target_tokenizer
         self.data_cfg = data_cfg
         # One trace for every batch shape: eval batches are padded to their longest pair.

@@ -63,7 +63,7 @@ def export_saved_model(
         ),
     }
     translator = Translator(
-        trainer.model,
+        trainer.decoding_model(),
         trainer.source_tokens,
         trainer.target_tokens,
         trainer.cfg.data.max_length,

@@ -30,7 +30,7 @@ def attention_for_sentences(seq2seq, source_tokenizer, target_tokenizer, sentenc
     search: the alignment history is recorded by the attention wrapper of the greedy decoder.
 
     Args:
-      seq2seq: a `model.Seq2Seq` with its weights (e.g. `trainer.model`).
+      seq2seq: a `model.Seq2Seq` with its weights (e.g. `trainer.decoding_model()`).
       source_tokenizer: `text.SubwordTokenizer` of the source vocabulary.
       target_tokenizer: `text.SubwordTokenizer` of the target vocabulary.
       sentences: raw source sentences.
@@ -208,7 +208,7 @@ def save_run_plots(trainer, num_sentences: int = 3) -> list[str]:
     sentences = (prose or sentences)[:num_sentences]
     if sentences:
         pictures = attention_for_sentences(
-            trainer.model, trainer.source_tokenizer, trainer.target_tokenizer, sentences
+            trainer.decoding_model(), trainer.source_tokenizer, trainer.target_tokenizer, sentences
         )
         written += save_attention_heatmaps(*pictures, os.path.join(layout.plots, "attention"))
     return written

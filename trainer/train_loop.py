@@ -57,13 +57,13 @@ class Trainer:
                 f"data.batch_size={cfg.data.batch_size} must be divisible by the "
                 f"{replicas} replicas in sync."
             )
-        if cfg.train.mixed_precision:
-            tf.keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
+        tf.keras.mixed_precision.set_global_policy(cfg.train.mixed_precision or "float32")
         with strategy.scope():
             self.model = task.build_model(cfg.model, self.metadata)
             self.optimizer = schedules.build_optimizer(cfg.train)
             self.task = task.TranslationTask(cfg, self.model, self.optimizer)
             self._build_variables()
+            self._float32_twin = self._build_float32_twin() if cfg.train.mixed_precision else None
             self.best_bleu = tf.Variable(-1.0, trainable=False, name="best_bleu")
             self.live_sampling_probability = tf.Variable(
                 0.0, trainable=False, name="sampling_probability"
@@ -84,7 +84,9 @@ class Trainer:
             distribution.write_dir(self.layout.checkpoints, strategy),
             max_to_keep=cfg.train.keep_checkpoints,
         )
-        self.evaluator = evaluation.Evaluator(self.task, self.target_tokenizer, cfg.data)
+        self.evaluator = evaluation.Evaluator(
+            self.task, self._float32_twin or self.model, self.target_tokenizer, cfg.data
+        )
         self._train_fn = None
 
     @property
@@ -93,18 +95,34 @@ class Trainer:
 
     def _build_variables(self):
         """Creates model and optimizer variables so a checkpoint restores into them at once."""
-        ids = tf.constant([[4, vocab_lib.EOS_ID]], tf.int32)
-        lengths = tf.constant([2], tf.int32)
-        self.model(
-            {
-                data.SOURCE_IDS: ids,
-                data.SOURCE_LENGTHS: lengths,
-                data.TARGET_IN: ids,
-                data.TARGET_LENGTHS: lengths,
-            }
-        )
-        self.model.projection(tf.zeros([1, self.cfg.model.units]))
+        _create_model_variables(self.model, self.cfg.model.units)
         self.optimizer.build(self.model.trainable_variables)
+
+    def _build_float32_twin(self):
+        """The model again with float32 layers, for `decoding_model` (mixed precision only)."""
+        policy = tf.keras.mixed_precision.global_policy()
+        tf.keras.mixed_precision.set_global_policy("float32")
+        try:
+            twin = task.build_model(self.cfg.model, self.metadata)
+            _create_model_variables(twin, self.cfg.model.units)
+        finally:
+            tf.keras.mixed_precision.set_global_policy(policy)
+        return twin
+
+    def decoding_model(self):
+        """The model that translates (evaluation, attention plots, export): float32 layers.
+
+        Mixed precision keeps float32 weights but runs layers in bfloat16 or float16. Decoding
+        there would run TFA's LSTM states in 8 significant bits and add up beam-search
+        log-probabilities in them too (TFA keeps scores in the state's dtype), so it runs a
+        float32 twin instead, with the current weights copied in on each call.
+        """
+        if self._float32_twin is None:
+            return self.model
+        # Outside a layer's call the mixed-precision variables read as float32.
+        for target, source in zip(self._float32_twin.variables, self.model.variables, strict=True):
+            target.assign(source)
+        return self._float32_twin
 
     def restore(self) -> int:
         """Restores the newest loadable checkpoint; returns the step resumed from.
@@ -290,6 +308,7 @@ class Trainer:
         started = time.time()
         result = {"step": self.step, "split": split}
         result.update(self.evaluator.loss(split))
+        decoding_model = self.decoding_model()
         result.update(self.evaluator.quality(split, limit))
         result["seconds"] = round(time.time() - started, 1)
         logging.info(
@@ -312,7 +331,11 @@ class Trainer:
                 if split == "dev":
                     sources = [sample["source"] for sample in result["samples"][:2]]
                     plots.write_attention_summaries(
-                        self.model, self.source_tokenizer, self.target_tokenizer, sources, self.step
+                        decoding_model,
+                        self.source_tokenizer,
+                        self.target_tokenizer,
+                        sources,
+                        self.step,
                     )
         if split == "dev" and result["bleu"] > float(self.best_bleu.numpy()):
             self.best_bleu.assign(result["bleu"])
@@ -399,3 +422,18 @@ class Trainer:
         """Removes a non-chief worker's throwaway checkpoint directory."""
         if not self.is_chief:
             shutil.rmtree(self.manager.directory, ignore_errors=True)
+
+
+def _create_model_variables(seq2seq, units: int):
+    """Runs the model once on a one-pair batch, and its projection, so every variable exists."""
+    ids = tf.constant([[4, vocab_lib.EOS_ID]], tf.int32)
+    lengths = tf.constant([2], tf.int32)
+    seq2seq(
+        {
+            data.SOURCE_IDS: ids,
+            data.SOURCE_LENGTHS: lengths,
+            data.TARGET_IN: ids,
+            data.TARGET_LENGTHS: lengths,
+        }
+    )
+    seq2seq.projection(tf.zeros([1, units]))
