@@ -308,6 +308,8 @@ class Trainer:
         started = time.time()
         result = {"step": self.step, "split": split}
         result.update(self.evaluator.loss(split))
+        # The evaluator decodes with this model: under mixed precision the call copies the
+        # current weights into the float32 twin, so it must come before `quality`.
         decoding_model = self.decoding_model()
         result.update(self.evaluator.quality(split, limit))
         result["seconds"] = round(time.time() - started, 1)
