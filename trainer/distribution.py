@@ -1,7 +1,7 @@
 """The one function that picks the distribution strategy, and chief-only write helpers.
 
 Create the strategy before any other TF op: MultiWorkerMirroredStrategy must configure the
-collective runtime first (DESIGN.md, known traps).
+collective runtime first (README, "Known traps").
 """
 
 import json

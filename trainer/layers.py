@@ -38,7 +38,7 @@ class StackedResidualCell(tf.keras.layers.AbstractRNNCell):
     """LSTM layers stacked in one cell, residual from a given layer, with a flat tuple state.
 
     The state is a plain tuple (h1, c1, h2, c2, ...): Keras' StackedRNNCells nests its state in
-    tracked wrappers that break `BeamSearchDecoder` under Python 3.11 (DESIGN.md, known traps).
+    tracked wrappers that break `BeamSearchDecoder` under Python 3.11 (README, "Known traps").
     """
 
     def __init__(self, units: int, num_layers: int, residual_from: int, layer_norm: bool, **kw):

@@ -241,8 +241,8 @@ _XLA_SCRIPT = textwrap.dedent(
 
 
 def test_model_with_sampling_compiles_once_under_xla():
-    """XLA compilations are counted from TF's own log (DESIGN.md: a recompile per step is the
-    trap), which needs a fresh process to switch the log on."""
+    """XLA compilations are counted from TF's own log (README, "Known traps": a recompile per
+    step is the trap), which needs a fresh process to switch the log on."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="device_compiler=1")
     result = subprocess.run(
         [sys.executable, "-c", _XLA_SCRIPT],
