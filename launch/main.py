@@ -18,6 +18,7 @@ import sys
 
 from launch import commands, dataflow, kubernetes, local, runner, tpu_vm, vertex
 from pipeline import config as config_lib
+from pipeline import console
 
 # RFC 1035 labels: Kubernetes, Cloud TPU and Dataflow names all take this form.
 _NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
@@ -305,6 +306,7 @@ def run(argv: list[str] | None = None) -> int:
       The exit status: 0 on success, 2 for a bad flag, 1 when a step fails, or a failed local job's
       status.
     """
+    console.start_if_program("nmt-launch", __name__, run_dir_flag="--model_dir", native=False)
     logging.basicConfig(level=logging.INFO, format="nmt-launch: %(message)s")
     parser, subparsers = _build_parser()
     args, unknown = parser.parse_known_args(argv)

@@ -17,12 +17,16 @@ import json
 import logging
 import time
 
-import apache_beam as beam
-from apache_beam.options import pipeline_options
+from pipeline import console
 
-from pipeline import metadata as metadata_lib
-from pipeline import paths, redact
-from preprocessing import dry_run, io, output_dir, pipeline_def, vocabulary
+console.start_if_program("nmt-preprocess", __name__)  # before Beam and TensorFlow are imported
+
+import apache_beam as beam  # noqa: E402
+from apache_beam.options import pipeline_options  # noqa: E402
+
+from pipeline import metadata as metadata_lib  # noqa: E402
+from pipeline import paths, redact  # noqa: E402
+from preprocessing import dry_run, io, output_dir, pipeline_def, vocabulary  # noqa: E402
 
 _DEFAULTS = pipeline_def.PreprocessConfig(inputs=())
 
@@ -90,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--dev_fraction", type=float, default=_DEFAULTS.dev_fraction, help="Share in dev.")
     add("--test_fraction", type=float, default=_DEFAULTS.test_fraction, help="Share in test.")
     add("--num_shards", type=int, default=0, help="TFRecord shards per split (0: automatic).")
+    add("--log_dir", help=f"Directory of the full log (default: {console.CACHE_LOG_DIR}).")
+    add("--verbosity", type=int, default=0, help="1: print every library's log lines too.")
     add(
         "--dry_run",
         action="store_true",
