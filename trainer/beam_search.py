@@ -99,18 +99,18 @@ def _proposals(log_probs, beam_width: int):
     )
 
 
-def _candidates(seq2seq, beams: _Beams, attention, beam_width: int):
+def _candidates(seq2seq, finished, attention, beam_width: int):
     """Every beam's proposals: (step log-probs, tokens), [b, k, k + 1].
 
     A finished beam proposes EOS at no cost and nothing else (TFA's masked distribution).
     """
-    shape = tf.shape(beams.finished)
+    shape = tf.shape(finished)
     rows = shape[0] * shape[1]
     step_log_probs = tf.concat(
         [tf.zeros([rows, 1], _FLOAT), tf.fill([rows, beam_width], _FLOAT.min)], axis=1
     )
     tokens = tf.fill([rows, beam_width + 1], EOS)
-    live_log_probs, index = _live_log_probs(seq2seq, attention, tf.logical_not(beams.finished))
+    live_log_probs, index = _live_log_probs(seq2seq, attention, tf.logical_not(finished))
     live_values, live_tokens = _proposals(live_log_probs, beam_width)
     step_log_probs = tf.tensor_scatter_nd_update(step_log_probs, index[:, None], live_values)
     tokens = tf.tensor_scatter_nd_update(tokens, index[:, None], live_tokens)
@@ -219,16 +219,11 @@ def _invariants(beams: _Beams):
     def loose(t):
         return tf.TensorShape([None, *t.shape[1:]])
 
-    memory = beams.memory
     return beams._replace(
         **{name: loose(getattr(beams, name)) for name in _Beams._fields[:-3]},
         coverage=tf.TensorShape([None, beams.coverage.shape[1], None]),
         state=tf.nest.map_structure(loose, beams.state),
-        memory=decoder_step.Memory(
-            keys_t=tf.TensorShape([None, memory.keys_t.shape[1], None]),
-            values=tf.TensorShape([None, None, memory.values.shape[2]]),
-            mask=tf.TensorShape([None, 1, None]),
-        ),
+        memory=decoder_step.memory_invariants(beams.memory),
     )
 
 
@@ -266,10 +261,9 @@ def beam_search(
         attention, state, alignment = decoder_step.step(
             weights, beams.memory, beams.state, embedded
         )
-        step_log_probs, tokens = _candidates(
-            seq2seq, beams._replace(state=state), attention, beam_width
-        )
-        beams = _advance(beams._replace(state=state), step_log_probs, tokens, alignment, t, options)
+        beams = beams._replace(state=state)
+        step_log_probs, tokens = _candidates(seq2seq, beams.finished, attention, beam_width)
+        beams = _advance(beams, step_log_probs, tokens, alignment, t, options)
         # On the last step TFA ranks nothing again, so neither does this.
         ended = tf.logical_and(tf.reduce_all(beams.finished, axis=1), t + 1 < max_length)
         beams, results = _retire(beams, results, ended, options)
@@ -333,14 +327,7 @@ def greedy_decode(seq2seq, source_ids, source_lengths, max_length: int):
         return t + 1, tf.nest.map_structure(lambda x: tf.gather(x, keep), greedy), ids, lengths
 
     loose = tf.nest.map_structure(lambda t: tf.TensorShape([None, *t.shape[1:]]), greedy)
-    memory = greedy.memory
-    loose = loose._replace(
-        memory=decoder_step.Memory(
-            keys_t=tf.TensorShape([None, memory.keys_t.shape[1], None]),
-            values=tf.TensorShape([None, None, memory.values.shape[2]]),
-            mask=tf.TensorShape([None, 1, None]),
-        )
-    )
+    loose = loose._replace(memory=decoder_step.memory_invariants(greedy.memory))
     steps, greedy, ids, lengths = tf.while_loop(
         lambda t, greedy, *_: tf.logical_and(t < max_length, tf.size(greedy.rows) > 0),
         body,

@@ -87,6 +87,15 @@ def encode(seq2seq, source_ids, source_lengths) -> Memory:
     return Memory(keys_t=tf.transpose(keys, [0, 2, 1]), values=values, mask=mask[:, None, :])
 
 
+def memory_invariants(memory: Memory) -> Memory:
+    """`tf.while_loop` shape invariants of a memory whose sentences leave as they end."""
+    return Memory(
+        keys_t=tf.TensorShape([None, memory.keys_t.shape[1], None]),
+        values=tf.TensorShape([None, None, memory.values.shape[2]]),
+        mask=tf.TensorShape([None, 1, None]),
+    )
+
+
 def initial_state(batch, hypotheses: int, seq2seq) -> State:
     """Zero cell states and attention, as `AttentionWrapper.get_initial_state` gives them."""
     units = seq2seq.cfg.units
@@ -94,6 +103,13 @@ def initial_state(batch, hypotheses: int, seq2seq) -> State:
     width = seq2seq.attention_layer.units
     attention = tf.zeros([batch, hypotheses, width], STATE_DTYPE)
     return State(attention, tuple((zeros, zeros) for _ in seq2seq.decoder_cell.cells))
+
+
+def _dense(x, kernel):
+    """[b, k, I] @ [I, N] -> [b, k, N] in STATE_DTYPE, as one [b * k, I] product."""
+    shape = tf.shape(x)
+    flat = tf.matmul(tf.reshape(tf.cast(x, kernel.dtype), [-1, shape[2]]), kernel)
+    return tf.reshape(tf.cast(flat, STATE_DTYPE), [shape[0], shape[1], kernel.shape[1]])
 
 
 def _batched(x, matrices):
@@ -114,14 +130,12 @@ def step(weights: StepWeights, memory: Memory, state: State, embedded):
       The attention vectors (what the output projection reads and the next step takes as input),
       the new `State`, and the attention weights [b, k, S] (for the coverage penalty).
     """
-    dtype = weights.attention_kernel.dtype
     x = tf.concat([tf.cast(embedded, STATE_DTYPE), state.attention], axis=-1)
     cells = []
     for kernel, bias, residual, (h, c) in zip(
         weights.step_kernels, weights.biases, weights.residual, state.cells, strict=True
     ):
-        z = tf.cast(tf.concat([x, h], axis=-1), dtype)
-        z = tf.cast(tf.einsum("bki,ij->bkj", z, kernel), STATE_DTYPE) + bias
+        z = _dense(tf.concat([x, h], axis=-1), kernel) + bias
         new_h, new_c, _, _ = recurrent.cell_forward(z, c)
         cells.append((new_h, new_c))
         x = new_h + x if residual else new_h
@@ -129,10 +143,7 @@ def step(weights: StepWeights, memory: Memory, state: State, embedded):
     masked = tf.fill(tf.shape(raw), STATE_DTYPE.min)
     alignment = tf.nn.softmax(tf.where(memory.mask, weights.scale * raw, masked))
     context = _batched(alignment, memory.values)
-    query_context = tf.cast(tf.concat([x, context], axis=-1), dtype)
-    attention = tf.cast(
-        tf.einsum("bki,ij->bkj", query_context, weights.attention_kernel), STATE_DTYPE
-    )
+    attention = _dense(tf.concat([x, context], axis=-1), weights.attention_kernel)
     return attention, State(attention, tuple(cells)), alignment
 
 

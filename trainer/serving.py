@@ -39,7 +39,7 @@ def load_translator(model_dir: str):
     return tf.saved_model.load(model_dir).signatures[SIGNATURE]
 
 
-def _length_order(sentences: list[str]) -> list[int]:
+def length_order(sentences: list[str]) -> list[int]:
     """Indices of `sentences` from shortest to longest (in words, then characters).
 
     Batches of similar lengths pad less, and a batch's decoding lasts as long as its longest
@@ -79,7 +79,7 @@ def translate(signature, sentences: list[str], batch_size: int = 32, n_best: int
 
     The model sees the sentences in length-sorted batches; results come back in input order.
     """
-    order = _length_order(sentences)
+    order = length_order(sentences)
     progress = _Progress(len(sentences)) if len(sentences) > batch_size else None
     results = [None] * len(sentences)
     for start in range(0, len(order), batch_size):
