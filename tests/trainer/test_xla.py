@@ -40,6 +40,7 @@ def test_jit_step_compiles_once_per_bucket_shape(small_dataset, tmp_path):
             f"--params_override={overrides}",
             "--noexport",
             "--noevaluate_test",
+            "--verbosity=1",  # TF's C++ log on the console, where this test counts
         ],
         capture_output=True,
         text=True,
