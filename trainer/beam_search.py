@@ -45,6 +45,12 @@ class _Beams(NamedTuple):
     memory: decoder_step.Memory
 
 
+class _Options(NamedTuple):
+    beam_width: int
+    length_weight: float
+    coverage_weight: float
+
+
 class _Results(NamedTuple):
     """The finished output for the whole batch, filled in as sentences end."""
 
@@ -118,7 +124,7 @@ def _candidates(seq2seq, finished, attention, beam_width: int):
     return tf.reshape(step_log_probs, new_shape), tf.reshape(tokens, new_shape)
 
 
-def _advance(beams: _Beams, step_log_probs, tokens, alignment, t, options):
+def _advance(beams: _Beams, step_log_probs, tokens, alignment, t, options: _Options):
     """Ranks the candidates and keeps the best k per sentence (TFA's `_beam_search_step`)."""
     beam_width, length_weight, coverage_weight = options
     running = tf.logical_not(beams.finished)
@@ -151,11 +157,10 @@ def _advance(beams: _Beams, step_log_probs, tokens, alignment, t, options):
     )
 
 
-def _rerank(beams: _Beams, options):
+def _rerank(beams: _Beams, options: _Options):
     """All hypotheses finished: ranked by their final scores, as TFA's next step ranks them."""
-    _, length_weight, coverage_weight = options
-    scores = beams.log_probs / length_penalty(beams.lengths, length_weight)
-    scores += coverage_penalty(beams.coverage, coverage_weight)
+    scores = beams.log_probs / length_penalty(beams.lengths, options.length_weight)
+    scores += coverage_penalty(beams.coverage, options.coverage_weight)
     scores, order = tf.math.top_k(scores, tf.shape(scores)[1])
     return beams._replace(
         scores=scores,
@@ -178,7 +183,7 @@ def _write(results: _Results, beams: _Beams, which) -> _Results:
     )
 
 
-def _retire(beams: _Beams, results: _Results, ended, options):
+def _retire(beams: _Beams, results: _Results, ended, options: _Options):
     """Writes out the sentences whose beams have all ended and drops them from the loop."""
 
     def retire():
@@ -246,9 +251,11 @@ def beam_search(
       source_ids, source_lengths: [B, S] and [B] int32.
       beam_width, length_penalty_weight, coverage_penalty_weight, max_length: Python numbers.
     """
-    options = (beam_width, float(length_penalty_weight), float(coverage_penalty_weight))
+    options = _Options(beam_width, float(length_penalty_weight), float(coverage_penalty_weight))
     weights = decoder_step.step_weights(seq2seq, seq2seq.attention_layer.compute_dtype)
-    beams = _start(seq2seq, source_ids, source_lengths, beam_width, max_length, bool(options[2]))
+    beams = _start(
+        seq2seq, source_ids, source_lengths, beam_width, max_length, bool(options.coverage_weight)
+    )
     batch = tf.shape(source_ids)[0]
     results = _Results(
         ids=tf.fill([batch, beam_width, max_length], EOS),
