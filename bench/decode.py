@@ -3,7 +3,7 @@
 Set-up, cached under --work (each step is skipped when its output exists):
 1. A dataset of the bundled corpus with 8% of the pairs held out as test (about 2,800 sentences;
    the default 2.8% gives ~980), preprocessed by the project's Beam job.
-2. Our reference model trained on its train split for --our_minutes.
+2. Our reference model trained on its train split for --our_minutes (model-Nmin/).
 3. OpenNMT-tf 2.32 (its own venv, see bench/opennmt_reference/README.md) trained on the same
    train pairs for --onmt_steps, with SentencePiece 8k per side.
 Then both decode the same test sources in the same run, in length-sorted batches of
@@ -14,7 +14,8 @@ Then both decode the same test sources in the same run, in length-sorted batches
   SavedModel (SentencePiece in Python around it).
 Each variant is warmed up on one batch, then timed over all. The table gives sentences/s, target
 pieces/s and BLEU (sacreBLEU against the references, so the two checkpoints' quality can be
-compared), and ours/OpenNMT-tf for each matching row. Run it alone on the machine.
+compared), and ours/OpenNMT-tf per sentence and per target piece for each matching row; then
+how often the fused and TFA's beam search agree on the same weights. Run it alone.
 
   .venv/bin/python bench/decode.py                       # set-up once (~35 min alone), then ~8 min
   .venv/bin/python bench/decode.py --limit 200 --our_minutes 1 --onmt_steps 200   # smoke run
@@ -59,7 +60,7 @@ def prepare_dataset(work: str) -> str:
 
 def train_ours(work: str, data_dir: str, minutes: float) -> str:
     """Our reference model trained for `minutes` on the dataset (cached)."""
-    model_dir = os.path.join(work, "model")
+    model_dir = os.path.join(work, f"model-{minutes:g}min")
     if not os.path.exists(os.path.join(model_dir, "checkpoints", "checkpoint")):
         overrides = f"train.max_train_seconds={minutes * 60:.0f},train.eval_every=1000000"
         common.run_step(
@@ -174,22 +175,27 @@ def agreement(trainer, sources, order, batch_size) -> dict:
     tfa = tf.function(
         lambda i, n: seq2seq.tfa_beam_search(i, n, *options), input_signature=_ID_SPECS
     )
-    same_best = same_scores = ranked_again = total = 0
+    same_best = same_best_again = same_scores = ranked_again = total = 0
     for batch in _id_batches(trainer, sources, order, batch_size):
         (ids, scores, _), (ref_ids, ref_scores, ref_lengths) = fused(*batch), tfa(*batch)
         best = [evaluation.strip_after_eos(row) for row in ids.numpy()[:, 0]]
         ref_best = [evaluation.strip_after_eos(row) for row in ref_ids.numpy()[:, 0]]
-        same_best += sum(a == b for a, b in zip(best, ref_best, strict=True))
+        same = np.array([a == b for a, b in zip(best, ref_best, strict=True)])
+        same_best += int(same.sum())
         close = np.all(np.abs(scores.numpy() - ref_scores.numpy()) <= 1e-4, axis=1)
         # TFA ranks a sentence's finished hypotheses once more only if its batch ran on.
         again = ref_lengths.numpy().max(axis=1) < ref_ids.shape[2]
         same_scores += int(close[again].sum())
+        same_best_again += int(same[again].sum())
         ranked_again += int(again.sum())
         total += len(best)
     return {
         "sentences": total,
         "same_best_translation": round(same_best / total, 4),
         "tfa_ranked_again": ranked_again,
+        "same_best_translation_where_tfa_ranked_again": round(
+            same_best_again / max(ranked_again, 1), 4
+        ),
         "scores_within_1e-4_where_tfa_ranked_again": round(same_scores / max(ranked_again, 1), 4),
     }
 
@@ -252,9 +258,10 @@ def _rows(measured: dict, references: list[str], target_tokenizer) -> list[dict]
     for row in rows:
         other = reference.get((row["model"], row["mode"].replace(" (TFA)", "")))
         if row["system"] == "ours" and other:
-            row["vs_opennmt"] = round(
-                row["sentences_per_second"] / other["sentences_per_second"], 2
-            )
+            for unit in ("sentences", "pieces"):
+                row[f"{unit}_vs_opennmt"] = round(
+                    row[f"{unit}_per_second"] / other[f"{unit}_per_second"], 2
+                )
     return rows
 
 
@@ -293,7 +300,7 @@ def main():
             measured[("opennmt-tf", model, mode)] = result
     rows = _rows(measured, references, trainer.target_tokenizer)
     columns = ["system", "model", "mode", "sentences_per_second", "pieces_per_second", "bleu"]
-    common.print_table(rows, [*columns, "seconds", "vs_opennmt"])
+    common.print_table(rows, [*columns, "seconds", "sentences_vs_opennmt", "pieces_vs_opennmt"])
     agree = agreement(trainer, sources, order, args.batch_size)
     print("fused vs TFA beam search:", json.dumps(agree))
     payload = {
