@@ -6,7 +6,7 @@ would be submitted (secrets masked) to standard output and runs nothing.
 
   nmt-launch local --experiment=attention_seq2seq/tiny --data_dir=D --model_dir=M --num_workers=2
   nmt-launch kubernetes --dry_run --experiment=... --data_dir=gs://... --model_dir=gs://... \\
-      --job_name=nmt-base --image=REGISTRY/nmt-trainer:TAG --num_workers=4 --gpus=1
+      --job_name=nmt-base --image=REGISTRY/nmt-trainer-gpu:TAG --num_workers=4 --gpus=1
 """
 
 import argparse

@@ -139,7 +139,8 @@ def build_strategy(
     elif name == "multi_worker_mirrored":
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     elif name == "mirrored":
-        strategy = tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(host.gpus)])
+        gpus = [f"/gpu:{i}" for i in range(host.gpus)]
+        strategy = tf.distribute.MirroredStrategy(gpus or None)  # None: every local device
     else:
         strategy = tf.distribute.OneDeviceStrategy("/gpu:0" if host.gpus else "/cpu:0")
     logging.info("Strategy %s with %d replicas.", name, strategy.num_replicas_in_sync)

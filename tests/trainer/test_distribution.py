@@ -72,6 +72,11 @@ def test_gpu_hosts_train_on_their_gpus_with_one_writer(host, strategy_type, devi
     assert distribution.is_chief(strategy), "a single-process job: its one process writes"
 
 
+def test_explicit_mirrored_on_a_cpu_host_mirrors_the_local_devices():
+    strategy = distribution.build_strategy(_runtime(strategy="mirrored"), host=CPU_ONLY)
+    assert distribution.device_kind(strategy) == "cpu" and strategy.num_replicas_in_sync == 1
+
+
 def test_gpus_tensorflow_cannot_use_are_reported(caplog):
     caplog.set_level(logging.WARNING)
     distribution.build_strategy(_runtime(), host=distribution.Host(nvidia_devices=2))
