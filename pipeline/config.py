@@ -66,7 +66,7 @@ class ModelConfig:
         "auto",
         "Encoder LSTM implementation, same weights and maths: 'fused' (hand-written loops; CPU, "
         "XLA, TPU), 'keras' (tf.keras.layers.LSTM, which runs cuDNN on a GPU in graph mode), "
-        "'auto' (keras on GPUs unless XLA, layer norm or bfloat16 rule cuDNN out; else fused).",
+        "'auto' (keras on GPUs without XLA, layer norm or bfloat16; else fused).",
     )
     tie_embeddings: bool = _field(False, "Share target embedding and softmax weights.")
     label_smoothing: float = _field(0.1, "Label smoothing of the training loss.")

@@ -167,8 +167,9 @@ def resolve(
       is set, else as configured, and must split evenly.
     - Under TPUs the step is XLA-compiled (train.jit_compile), so shapes are static: batches are
       padded to bucket lengths and the loss keeps padding under a mask instead of dropping it.
-    - model.encoder_lstm 'auto' becomes 'keras' (cuDNN) on GPUs in graph mode, where its
-      conditions hold, else 'fused'.
+    - model.encoder_lstm 'auto' becomes 'keras' (cuDNN) on GPUs in graph mode, else 'fused':
+      under XLA a Keras LSTM recompiles every step, cuDNN has no layer norm, and bfloat16 needs
+      the fused loop's float32 cell states.
 
     Raises:
       pipeline.config.ConfigError: the global batch does not split over the replicas.
