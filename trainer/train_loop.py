@@ -46,17 +46,13 @@ class Trainer:
     """Trains one experiment in one model directory, resuming from its latest checkpoint."""
 
     def __init__(self, cfg: config_lib.ExperimentConfig, model_dir: str, strategy):
+        # The global batch, XLA under TPUs and the encoder's LSTM follow from the strategy.
+        cfg = distribution.for_strategy(cfg, strategy)
         self.cfg = cfg
         self.strategy = strategy
         self.layout = paths.RunLayout(model_dir)
         self.is_chief = distribution.is_chief(strategy)
         self.metadata, source_tokens, target_tokens = load_dataset_contract(cfg.data)
-        replicas = strategy.num_replicas_in_sync
-        if cfg.data.batch_size % replicas:
-            raise config_lib.ConfigError(
-                f"data.batch_size={cfg.data.batch_size} must be divisible by the "
-                f"{replicas} replicas in sync."
-            )
         tf.keras.mixed_precision.set_global_policy(cfg.train.mixed_precision or "float32")
         with strategy.scope():
             self.model = task.build_model(cfg.model, self.metadata)
@@ -305,6 +301,10 @@ class Trainer:
 
     def evaluate(self, split: str = "dev", limit: int = -1) -> dict:
         """Dev loss and beam-search BLEU; keeps the best-BLEU checkpoint on the chief."""
+        with distribution.evaluation_scope(self.strategy):  # TPU: on the host CPU
+            return self._evaluate(split, limit)
+
+    def _evaluate(self, split: str, limit: int) -> dict:
         started = time.time()
         result = {"step": self.step, "split": split}
         result.update(self.evaluator.loss(split))
