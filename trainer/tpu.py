@@ -17,14 +17,31 @@ import os
 import tensorflow as tf
 from absl import logging
 
-# Device files of TPU chips attached to this host: /dev/accel* (v2-v4), /dev/vfio/N (v5e and later).
-_CHIP_DEVICE_PATTERNS = ("dev/accel*", "dev/vfio/[0-9]*")
+# A TPU chip is a PCI function of Google's vendor id with a TPU device id (v2/v3, v4, v5p, v5e,
+# v6e). Device files alone mislead: /dev/accel* is also an Intel NPU, /dev/vfio/N any VFIO
+# passthrough, and Google's vendor id also marks GCE's virtual NIC (device 0x0042).
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+_TPU_PCI_DEVICES = frozenset({"0x0027", "0x005e", "0x0062", "0x0063", "0x006f"})
 _NODE_HEALTHY_TIMEOUT_S = 600
 
 
+def _read_id(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip().lower()
+    except OSError:
+        return ""
+
+
 def host_has_tpu_chips(root: str = "/") -> bool:
-    """Whether this machine is a TPU VM: its TPU chips appear as device files."""
-    return any(glob.glob(os.path.join(root, pattern)) for pattern in _CHIP_DEVICE_PATTERNS)
+    """Whether this machine is a TPU VM: a TPU chip is on its PCI bus."""
+    for device in glob.glob(os.path.join(root, "sys/bus/pci/devices/*")):
+        vendor = _read_id(os.path.join(device, "vendor"))
+        if vendor == _GOOGLE_PCI_VENDOR and _read_id(os.path.join(device, "device")) in (
+            _TPU_PCI_DEVICES
+        ):
+            return True
+    return False
 
 
 def check_tpu_node(name: str, zone: str | None = None, project: str | None = None) -> None:

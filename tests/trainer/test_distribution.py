@@ -253,10 +253,23 @@ def test_tpu_node_is_checked_for_health_and_tensorflow_version(monkeypatch):
         tpu.build_tpu_strategy("old-node", on_tpu_vm=False)
 
 
-def test_tpu_vm_is_recognised_by_its_chip_device_files(tmp_path):
+def _pci_device(root, slot: str, vendor: str, device: str):
+    path = root / "sys" / "bus" / "pci" / "devices" / slot
+    path.mkdir(parents=True)
+    (path / "vendor").write_text(vendor + "\n")
+    (path / "device").write_text(device + "\n")
+
+
+def test_tpu_vm_is_recognised_by_a_tpu_chip_on_its_pci_bus(tmp_path):
+    """A fake /sys tree: no TPU exists here. gVNIC shares Google's vendor id and must not count,
+    nor an Intel NPU's /dev/accel0."""
     assert not tpu.host_has_tpu_chips(str(tmp_path))
     (tmp_path / "dev").mkdir()
     (tmp_path / "dev" / "accel0").touch()
+    _pci_device(tmp_path, "0000:00:04.0", "0x1ae0", "0x0042")  # gVNIC
+    _pci_device(tmp_path, "0000:00:05.0", "0x8086", "0x005e")
+    assert not tpu.host_has_tpu_chips(str(tmp_path))
+    _pci_device(tmp_path, "0000:00:06.0", "0x1ae0", "0x005e")  # TPU v4
     assert tpu.host_has_tpu_chips(str(tmp_path))
 
 
