@@ -22,7 +22,7 @@ from apache_beam.options import pipeline_options
 
 from pipeline import metadata as metadata_lib
 from pipeline import paths, redact
-from preprocessing import dry_run, io, output_dir, pipeline_def, vocabulary
+from preprocessing import direct_runner, dry_run, io, output_dir, pipeline_def, vocabulary
 
 _DEFAULTS = pipeline_def.PreprocessConfig(inputs=())
 
@@ -212,6 +212,7 @@ def run(argv: list[str] | None = None) -> None:
         staging,
         standard.runner,
     )
+    direct_runner.avoid_lossy_flush_race()
     try:
         with beam.Pipeline(options=options) as pipeline:
             pipeline_def.build(pipeline, config, paths.DatasetLayout(staging), settings, start)
