@@ -131,7 +131,13 @@ def _loop(input_path: str, output_dir: str) -> None:
                     f.write(b"".join(value + b"\n" for value in shards[index]))
 
     metadata = summary.build_metadata(
-        read=read,
+        by_input={
+            input_path: {
+                "read": read,
+                "written": sum(len(by_file_set[name]) for name in paths.SPLITS),
+                "rejected": len(rejects),
+            }
+        },
         written={name: len(by_file_set[name]) for name in paths.SPLITS},
         rejected=collections.Counter(r.reason for r in rejects),
         vocabularies=vocab_info,

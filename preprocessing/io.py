@@ -5,8 +5,13 @@ Text inputs are opened with Beam's `FileSystems`, so any filesystem Beam has a p
 is read by one worker from start to end so every line keeps its number for the rejects file
 (give a large corpus as several files to read them in parallel); `ReadInputs` reshuffles
 afterwards so the rest of the job runs in parallel.
+
+Each reader also says how many records it read from each input (`records.input_of`), on a
+second output: the job's accounting compares that, not a count taken downstream, with what was
+written and rejected, so a record lost anywhere after the reader is caught.
 """
 
+import collections
 import dataclasses
 import glob
 import itertools
@@ -19,6 +24,7 @@ from apache_beam.io import fileio, filesystems
 from preprocessing import output_dir, records
 
 TFDS_PREFIX = "tfds:"
+READ_COUNTS = "read_counts"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +127,17 @@ def _strip_newline(line: bytes) -> bytes:
     return line.rstrip(b"\n").rstrip(b"\r")
 
 
-def _read_tsv_file(readable: fileio.ReadableFile):
+def _counted(lines):
+    """Passes `lines` through, then yields how many came from each input on `READ_COUNTS`."""
+    counts = collections.Counter()
+    for line in lines:
+        counts[records.input_of(line.origin)] += 1
+        yield line
+    for source, count in counts.items():
+        yield beam.pvalue.TaggedOutput(READ_COUNTS, (source, count))
+
+
+def _tsv_lines(readable: fileio.ReadableFile):
     path = readable.metadata.path
     with readable.open() as f:
         for number, line in enumerate(iter(f.readline, b""), start=1):
@@ -129,23 +145,35 @@ def _read_tsv_file(readable: fileio.ReadableFile):
             yield records.Line(f"{path}:{number}", raw, tuple(raw.split(b"\t")))
 
 
+def _read_tsv_file(readable: fileio.ReadableFile):
+    return _counted(_tsv_lines(readable))
+
+
 class ReadTsv(beam.PTransform):
-    """Reads one TSV path or glob; a pattern that matches nothing fails the job."""
+    """Reads one TSV path or glob; a pattern that matches nothing fails the job.
+
+    Outputs (lines, read counts): `records.Line`s, and (input, records read) per file.
+    """
 
     def __init__(self, pattern: str):
         super().__init__()
         self._pattern = pattern
 
     def expand(self, pbegin):
-        return (
+        outputs = (
             pbegin
             | "Match" >> fileio.MatchFiles(self._pattern, fileio.EmptyMatchTreatment.DISALLOW)
             | "Open" >> fileio.ReadMatches()
-            | "Lines" >> beam.FlatMap(_read_tsv_file)
+            | "Lines" >> beam.FlatMap(_read_tsv_file).with_outputs(READ_COUNTS, main="lines")
         )
+        return outputs.lines, outputs[READ_COUNTS]
 
 
 def _read_aligned_files(spec: AlignedFilesInput):
+    return _counted(_aligned_lines(spec))
+
+
+def _aligned_lines(spec: AlignedFilesInput):
     """Pairs line n of both files; lines past the shorter file are rejected one by one."""
     with (
         filesystems.FileSystems.open(spec.source) as source,
@@ -177,18 +205,22 @@ def _read_aligned_files(spec: AlignedFilesInput):
 
 
 class ReadAlignedFiles(beam.PTransform):
-    """Reads a source file and a target file whose lines pair up one to one."""
+    """Reads a source file and a target file whose lines pair up one to one.
+
+    Outputs (lines, read counts), as `ReadTsv`.
+    """
 
     def __init__(self, spec: AlignedFilesInput):
         super().__init__()
         self._spec = spec
 
     def expand(self, pbegin):
-        return (
+        outputs = (
             pbegin
             | "Files" >> beam.Create([self._spec])
-            | "Lines" >> beam.FlatMap(_read_aligned_files)
+            | "Lines" >> beam.FlatMap(_read_aligned_files).with_outputs(READ_COUNTS, main="lines")
         )
+        return outputs.lines, outputs[READ_COUNTS]
 
 
 def translation_keys(info: tfds.core.DatasetInfo) -> tuple[str, str]:
@@ -218,7 +250,9 @@ class _ReadTfdsShardFn(beam.DoFn):
         self._builder = tfds.builder(self._name, data_dir=self._data_dir)
 
     def process(self, split_and_shard: tuple[str, int]):
-        split, shard = split_and_shard
+        return _counted(self._examples(*split_and_shard))
+
+    def _examples(self, split: str, shard: int):
         source_key, target_key = translation_keys(self._builder.info)
         dataset = self._builder.as_dataset(split=f"{split}[{shard}shard]", shuffle_files=False)
         for index, example in enumerate(tfds.as_numpy(dataset)):
@@ -231,6 +265,7 @@ class ReadTfds(beam.PTransform):
     """Reads every split of a prepared TFDS translation set, one shard per work item.
 
     The set's `dataset_info.json` is read when the pipeline is built, to list the shards.
+    Outputs (lines, read counts), as `ReadTsv`.
     """
 
     def __init__(self, spec: TfdsInput):
@@ -250,11 +285,15 @@ class ReadTfds(beam.PTransform):
             for split, info in sorted(builder.info.splits.items())
             for shard in range(len(info.shard_lengths))
         ]
-        return (
+        outputs = (
             pbegin
             | "Shards" >> beam.Create(shards)
-            | "Examples" >> beam.ParDo(_ReadTfdsShardFn(self._spec.name, self._spec.data_dir))
+            | "Examples"
+            >> beam.ParDo(_ReadTfdsShardFn(self._spec.name, self._spec.data_dir)).with_outputs(
+                READ_COUNTS, main="lines"
+            )
         )
+        return outputs.lines, outputs[READ_COUNTS]
 
 
 def _reader(spec: InputSpec) -> beam.PTransform:
@@ -266,12 +305,20 @@ def _reader(spec: InputSpec) -> beam.PTransform:
 
 
 class ReadInputs(beam.PTransform):
-    """Reads every input into one PCollection of `records.Line`, spread over the workers."""
+    """Reads every input.
+
+    Outputs (lines, read counts): one PCollection of `records.Line` spread over the workers, and
+    (input, records read) pairs, several per input when it was read in parts.
+    """
 
     def __init__(self, specs: list[InputSpec]):
         super().__init__()
         self._specs = specs
 
     def expand(self, pbegin):
-        lines = [pbegin | f"Read{index}" >> _reader(spec) for index, spec in enumerate(self._specs)]
-        return lines | "Flatten" >> beam.Flatten() | "Spread" >> beam.Reshuffle()
+        outputs = [
+            pbegin | f"Read{index}" >> _reader(spec) for index, spec in enumerate(self._specs)
+        ]
+        lines = [lines for lines, _ in outputs] | "Flatten" >> beam.Flatten()
+        counts = [counts for _, counts in outputs] | "AllCounts" >> beam.Flatten()
+        return lines | "Spread" >> beam.Reshuffle(), counts

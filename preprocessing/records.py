@@ -29,6 +29,14 @@ REJECT_REASONS = (
 )
 
 
+def input_of(origin: str) -> str:
+    """The input of an origin: its file, or its TFDS split shard (`tfds:name:split[Nshard]`).
+
+    The job accounts for every record per input, so a loss is reported where it happened.
+    """
+    return origin.rpartition(":")[0]
+
+
 class Line(NamedTuple):
     """One input record as read.
 

@@ -40,7 +40,8 @@ def test_read_tsv_numbers_lines_and_keeps_raw_bytes(tmp_path):
     with gzip.open(path, "wb") as f:
         f.write(b"a\tb\r\nbad \xff\tx\nno tab\n\tlast")
     with test_pipeline.TestPipeline() as p:
-        lines = p | io.ReadTsv(str(tmp_path / "*.tsv.gz"))
+        lines, counts = p | io.ReadTsv(str(tmp_path / "*.tsv.gz"))
+        util.assert_that(counts, util.equal_to([(str(path), 4)]), label="CheckCounts")
         util.assert_that(
             lines,
             util.equal_to(
@@ -61,8 +62,12 @@ def test_read_aligned_files_marks_every_unpaired_line(tmp_path):
     spec = io.AlignedFilesInput(str(source), str(target))
     mismatch = records.LINE_COUNT_MISMATCH
     with test_pipeline.TestPipeline() as p:
+        lines, counts = p | io.ReadAlignedFiles(spec)
         util.assert_that(
-            p | io.ReadAlignedFiles(spec),
+            counts, util.equal_to([(str(source), 2), (str(target), 2)]), label="CheckCounts"
+        )
+        util.assert_that(
+            lines,
             util.equal_to(
                 [
                     records.Line(f"{source}:1", b"one\teins", (b"one", b"eins")),
@@ -78,7 +83,15 @@ def test_read_tfds_reads_every_split_of_a_real_prepared_set(tfds_data_dir):
     spec = io.TfdsInput(conftest.TFDS_NAME, tfds_data_dir)
     expected = {f"{s}\t{t}".encode() for s, t in conftest.clean_pairs(40)}
     with test_pipeline.TestPipeline() as p:
-        lines = p | io.ReadInputs([spec])
+        lines, counts = p | io.ReadInputs([spec])
+        util.assert_that(
+            counts,
+            util.equal_to(
+                [(f"tfds:{conftest.TFDS_NAME}:train[0shard]", 30)]
+                + [(f"tfds:{conftest.TFDS_NAME}:validation[0shard]", 10)]
+            ),
+            label="CheckCounts",
+        )
         util.assert_that(lines | beam.Map(lambda line: line.raw), util.equal_to(expected))
         util.assert_that(
             lines | "Origins" >> beam.Map(lambda line: line.origin.rsplit(":", 1)[0]),

@@ -2,15 +2,18 @@
 
 import glob
 import os
+import re
 import shutil
 
+import apache_beam as beam
 import pytest
 import tensorflow as tf
 
 from pipeline import features, paths, text
 from pipeline import metadata as metadata_lib
 from pipeline import vocab as vocab_lib
-from preprocessing import main, records
+from preprocessing import main, pipeline_def, records, write
+from preprocessing import split as split_lib
 from tests.preprocessing import conftest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,6 +62,11 @@ def test_nothing_is_lost_and_every_reject_has_its_reason_and_origin(dirty_run, d
     assert _rejects(layout) == dirty_corpus["expected"]
     assert all(counts["rejected"][reason] for reason in records.REJECT_REASONS)
     assert all(counts["written"][split] for split in paths.SPLITS)
+    by_input = counts["by_input"]
+    assert sorted(by_input) == sorted([dirty_corpus["tsv"], dirty_corpus["source"]])
+    assert by_input[dirty_corpus["source"]]["read"] == 12  # 10 pairs, 2 unpaired lines.
+    for source, entry in by_input.items():
+        assert entry["read"] == entry["written"] + entry["rejected"], source
 
 
 def test_output_layout_and_metadata_follow_the_contract(dirty_run):
@@ -139,6 +147,39 @@ def test_failed_run_leaves_no_partial_output(tmp_path):
     with pytest.raises(Exception, match="training split is empty"):
         main.run([f"--input={corpus}", f"--output_dir={output_dir}"])
     assert sorted(os.listdir(tmp_path)) == ["bad.tsv"]
+
+
+def _train_example_text():
+    """The source of a dirty-corpus pair that lands in train, to find its example by."""
+    return next(
+        source
+        for source, _ in conftest.clean_pairs(30)[6:]
+        if split_lib.assign_split(source, 0.2, 0.2) == split_lib.TRAIN
+    )
+
+
+class _SinkThatDropsOneRecord(write.WriteFileSets):
+    """A broken sink (test double): loses the train example holding `_train_example_text()`."""
+
+    def expand(self, named_records):
+        probe = _train_example_text().encode()
+        kept = named_records | "DropOne" >> beam.Filter(lambda record: probe not in record[1])
+        return super().expand(kept)
+
+
+def test_a_sink_that_loses_a_record_fails_the_job_without_completed(
+    dirty_corpus, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(pipeline_def.write, "WriteFileSets", _SinkThatDropsOneRecord)
+    output_dir = tmp_path / "out"
+    with pytest.raises(Exception, match="Records were lost") as failure:
+        main.run(_argv(dirty_corpus, str(output_dir)))
+    sent, found = re.search(
+        r"train: (\d+) records sent to the files, (\d+) in them", str(failure.value)
+    ).groups()
+    assert int(found) == int(sent) - 1
+    assert not glob.glob(str(tmp_path / "**" / paths.COMPLETED), recursive=True)
+    assert os.listdir(tmp_path) == []  # Neither the output nor its staging directory.
 
 
 @pytest.mark.parametrize(
