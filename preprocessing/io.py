@@ -21,10 +21,15 @@ import apache_beam as beam
 import tensorflow_datasets as tfds
 from apache_beam.io import fileio, filesystems
 
+from pipeline import paths
 from preprocessing import output_dir, records
 
 TFDS_PREFIX = "tfds:"
 READ_COUNTS = "read_counts"
+# A TFDS split mapped to HASH is split by hash like an input without splits; SKIP is not read.
+HASH, SKIP = "hash", "skip"
+SPLIT_TARGETS = (*paths.SPLITS, HASH, SKIP)
+DEFAULT_TFDS_SPLITS = "train:train,validation:dev,test:test"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +49,21 @@ class AlignedFilesInput:
 
 @dataclasses.dataclass(frozen=True)
 class TfdsInput:
-    """A prepared TensorFlow Datasets translation set; all its splits are read."""
+    """A prepared TensorFlow Datasets translation set, read with its own splits.
+
+    Attributes:
+      name: `NAME[/CONFIG][:VERSION]`.
+      data_dir: Where it is prepared (TFDS' default directory if None).
+      splits: (TFDS split, job split) pairs: each TFDS split goes to 'train', 'dev' or 'test',
+        is split by hash ('hash') or is not read ('skip').
+    """
 
     name: str
     data_dir: str | None
+    splits: tuple[tuple[str, str], ...] = ()
+
+    def split_map(self) -> dict[str, str]:
+        return dict(self.splits or parse_split_map(DEFAULT_TFDS_SPLITS))
 
 
 InputSpec = TsvInput | AlignedFilesInput | TfdsInput
@@ -58,11 +74,30 @@ def _split_list(values: list[str] | None) -> list[str]:
     return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 
 
+def parse_split_map(value: str) -> tuple[tuple[str, str], ...]:
+    """Parses `--tfds_splits` (`tfds_split:job_split,...`).
+
+    Raises:
+      ValueError: naming a malformed entry or an unknown job split.
+    """
+    pairs = []
+    for entry in _split_list([value]):
+        tfds_split, _, job_split = entry.partition(":")
+        if not tfds_split or job_split not in SPLIT_TARGETS:
+            raise ValueError(
+                f"--tfds_splits entry {entry!r} must be TFDS_SPLIT:SPLIT with SPLIT one of "
+                f"{', '.join(SPLIT_TARGETS)}."
+            )
+        pairs.append((tfds_split.strip(), job_split))
+    return tuple(pairs)
+
+
 def parse_inputs(
     inputs: list[str] | None,
     source_inputs: list[str] | None = None,
     target_inputs: list[str] | None = None,
     tfds_data_dir: str | None = None,
+    tfds_splits: str = DEFAULT_TFDS_SPLITS,
 ) -> list[InputSpec]:
     """Turns the input flags into input specs.
 
@@ -71,17 +106,20 @@ def parse_inputs(
       source_inputs: `--source_input` values, paired in order with `target_inputs`.
       target_inputs: `--target_input` values.
       tfds_data_dir: Where TFDS sets are prepared (TFDS' default directory if None).
+      tfds_splits: `--tfds_splits`: what each TFDS split becomes.
 
     Returns:
       One spec per input, in flag order.
 
     Raises:
-      ValueError: no input at all, or source and target file lists of different lengths.
+      ValueError: no input at all, source and target file lists of different lengths, or a
+        malformed `tfds_splits`.
     """
     specs: list[InputSpec] = []
+    split_map = parse_split_map(tfds_splits)
     for value in _split_list(inputs):
         if value.startswith(TFDS_PREFIX):
-            specs.append(TfdsInput(value[len(TFDS_PREFIX) :], tfds_data_dir))
+            specs.append(TfdsInput(value[len(TFDS_PREFIX) :], tfds_data_dir, split_map))
         else:
             specs.append(TsvInput(value))
     sources, targets = _split_list(source_inputs), _split_list(target_inputs)
@@ -241,28 +279,62 @@ def translation_keys(info: tfds.core.DatasetInfo) -> tuple[str, str]:
 class _ReadTfdsShardFn(beam.DoFn):
     """Reads one shard of one split of a prepared TFDS set."""
 
-    def __init__(self, name: str, data_dir: str | None):
-        self._name = name
-        self._data_dir = data_dir
+    def __init__(self, spec: TfdsInput):
+        self._spec = spec
         self._builder = None
 
     def setup(self):
-        self._builder = tfds.builder(self._name, data_dir=self._data_dir)
+        self._builder = tfds.builder(self._spec.name, data_dir=self._spec.data_dir)
 
     def process(self, split_and_shard: tuple[str, int]):
         return _counted(self._examples(*split_and_shard))
 
     def _examples(self, split: str, shard: int):
         source_key, target_key = translation_keys(self._builder.info)
+        job_split = self._spec.split_map()[split]
+        job_split = "" if job_split == HASH else job_split
         dataset = self._builder.as_dataset(split=f"{split}[{shard}shard]", shuffle_files=False)
         for index, example in enumerate(tfds.as_numpy(dataset)):
             fields = (example[source_key], example[target_key])
-            origin = f"{TFDS_PREFIX}{self._name}:{split}[{shard}shard]:{index}"
-            yield records.Line(origin, b"\t".join(fields), fields)
+            origin = f"{TFDS_PREFIX}{self._spec.name}:{split}[{shard}shard]:{index}"
+            yield records.Line(origin, b"\t".join(fields), fields, split=job_split)
+
+
+def tfds_splits_read(spec: TfdsInput, available: list[str]) -> list[str]:
+    """The set's splits the job reads, in name order; says what else it does with the mapping.
+
+    Raises:
+      ValueError: the set has a split the mapping does not name, or none that it reads.
+    """
+    split_map = spec.split_map()
+    unmapped = sorted(set(available) - set(split_map))
+    if unmapped:
+        raise ValueError(
+            f"TFDS set {spec.name} has split(s) {', '.join(unmapped)} that --tfds_splits does not "
+            f"map; map each to train, dev, test, hash or skip (e.g. --tfds_splits="
+            f"{','.join(f'{s}:{t}' for s, t in split_map.items())},{unmapped[0]}:skip)."
+        )
+    read = sorted(s for s in available if split_map[s] != SKIP)
+    if not read:
+        raise ValueError(f"--tfds_splits skips every split of TFDS set {spec.name}.")
+    given = {split_map[s] for s in read}
+    for held_out in paths.SPLITS[1:]:
+        if held_out not in given and HASH not in given:
+            logging.warning(
+                "TFDS set %s gives no %s split under --tfds_splits (its splits: %s): the %s "
+                "split will be empty unless another input fills it; map a split to hash to "
+                "carve it out by --%s_fraction.",
+                spec.name,
+                held_out,
+                ", ".join(sorted(available)),
+                held_out,
+                held_out,
+            )
+    return read
 
 
 class ReadTfds(beam.PTransform):
-    """Reads every split of a prepared TFDS translation set, one shard per work item.
+    """Reads a prepared TFDS translation set's splits as mapped, one shard per work item.
 
     The set's `dataset_info.json` is read when the pipeline is built, to list the shards.
     Outputs (lines, read counts), as `ReadTsv`.
@@ -280,18 +352,17 @@ class ReadTfds(beam.PTransform):
                 f"{builder.data_dir}: prepare it there or pass --tfds_data_dir."
             )
         translation_keys(builder.info)
+        splits = builder.info.splits
         shards = [
             (split, shard)
-            for split, info in sorted(builder.info.splits.items())
-            for shard in range(len(info.shard_lengths))
+            for split in tfds_splits_read(self._spec, list(splits.keys()))
+            for shard in range(len(splits[split].shard_lengths))
         ]
         outputs = (
             pbegin
             | "Shards" >> beam.Create(shards)
             | "Examples"
-            >> beam.ParDo(_ReadTfdsShardFn(self._spec.name, self._spec.data_dir)).with_outputs(
-                READ_COUNTS, main="lines"
-            )
+            >> beam.ParDo(_ReadTfdsShardFn(self._spec)).with_outputs(READ_COUNTS, main="lines")
         )
         return outputs.lines, outputs[READ_COUNTS]
 

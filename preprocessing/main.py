@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--source_input", action="append", help="Source side of line-aligned files; repeatable.")
     add("--target_input", action="append", help="Target side, one per --source_input, in order.")
     add("--tfds_data_dir", default=None, help="Where tfds: inputs are prepared (TFDS default).")
+    add(
+        "--tfds_splits",
+        default=io.DEFAULT_TFDS_SPLITS,
+        help="What each split of a tfds: input becomes: TFDS_SPLIT:SPLIT,... with SPLIT one of "
+        "train, dev, test, hash (split by --dev/test_fraction) or skip.",
+    )
     add("--reverse", action="store_true", help="Swap source and target of every input.")
     add("--output_dir", required=True, help="Dataset directory (local path or gs://...).")
     add("--overwrite", action="store_true", help="Replace an existing output directory.")
@@ -87,8 +93,18 @@ def _parser() -> argparse.ArgumentParser:
         default=_DEFAULTS.max_length_ratio,
         help="Largest longer/shorter length ratio in pieces (0: no limit).",
     )
-    add("--dev_fraction", type=float, default=_DEFAULTS.dev_fraction, help="Share in dev.")
-    add("--test_fraction", type=float, default=_DEFAULTS.test_fraction, help="Share in test.")
+    add(
+        "--dev_fraction",
+        type=float,
+        default=_DEFAULTS.dev_fraction,
+        help="Share of inputs without their own splits put in dev.",
+    )
+    add(
+        "--test_fraction",
+        type=float,
+        default=_DEFAULTS.test_fraction,
+        help="Share of inputs without their own splits put in test.",
+    )
     add("--num_shards", type=int, default=0, help="TFRecord shards per split (0: automatic).")
     add(
         "--dry_run",
@@ -99,7 +115,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> pipeline_def.PreprocessConfig:
-    inputs = io.parse_inputs(args.input, args.source_input, args.target_input, args.tfds_data_dir)
+    inputs = io.parse_inputs(
+        args.input, args.source_input, args.target_input, args.tfds_data_dir, args.tfds_splits
+    )
     return pipeline_def.PreprocessConfig(
         inputs=tuple(inputs),
         reverse=args.reverse,

@@ -45,21 +45,24 @@ class Line(NamedTuple):
       raw: The original bytes, both sides joined by a tab, for the rejects file.
       fields: The raw sides; a well-formed record has exactly two.
       error: A reject reason the reader already knows (an unpaired line of two files), or "".
+      split: The split the input put it in (a TFDS set's own splits), or "" to split by hash.
     """
 
     origin: str
     raw: bytes
     fields: tuple[bytes, ...]
     error: str = ""
+    split: str = ""
 
 
 class Pair(NamedTuple):
-    """A cleaned sentence pair: normalised source and target text."""
+    """A cleaned sentence pair: normalised source and target text, and its `Line.split`."""
 
     source: str
     target: str
     origin: str
     raw: bytes
+    split: str = ""
 
 
 class Reject(NamedTuple):

@@ -1,5 +1,6 @@
 """Readers: every input record becomes one Line with its origin, whatever the input kind."""
 
+import dataclasses
 import gzip
 
 import apache_beam as beam
@@ -17,7 +18,7 @@ def test_parse_inputs_accepts_repeats_commas_pairs_and_tfds():
     assert specs == [
         io.TsvInput("a.tsv"),
         io.TsvInput("b/*.tsv.gz"),
-        io.TfdsInput("wmt14_translate/de-en", "/data"),
+        io.TfdsInput("wmt14_translate/de-en", "/data", io.parse_split_map(io.DEFAULT_TFDS_SPLITS)),
         io.AlignedFilesInput("x.en", "x.de"),
     ]
 
@@ -79,28 +80,64 @@ def test_read_aligned_files_marks_every_unpaired_line(tmp_path):
         )
 
 
-def test_read_tfds_reads_every_split_of_a_real_prepared_set(tfds_data_dir):
-    spec = io.TfdsInput(conftest.TFDS_NAME, tfds_data_dir)
-    expected = {f"{s}\t{t}".encode() for s, t in conftest.clean_pairs(40)}
+def _origin_and_split(line):
+    return line.origin.rsplit(":", 1)[0], line.split
+
+
+def test_read_tfds_keeps_the_sets_own_splits(tfds_data_dir):
+    spec = io.parse_inputs([f"tfds:{conftest.TFDS_NAME}"], tfds_data_dir=tfds_data_dir)[0]
+    pairs = conftest.tfds_split_pairs()
+    expected = [f"{s}\t{t}".encode() for chunk in pairs.values() for s, t in chunk]
+    prefix = f"tfds:{conftest.TFDS_NAME}"
     with test_pipeline.TestPipeline() as p:
         lines, counts = p | io.ReadInputs([spec])
+        util.assert_that(lines | beam.Map(lambda line: line.raw), util.equal_to(expected))
+        util.assert_that(
+            lines | "Splits" >> beam.Map(_origin_and_split),
+            util.equal_to(
+                [(f"{prefix}:train[0shard]", "train")] * 30
+                + [(f"{prefix}:validation[0shard]", "dev")] * 11
+                + [(f"{prefix}:test[0shard]", "test")] * 7
+            ),
+            label="CheckSplits",
+        )
         util.assert_that(
             counts,
             util.equal_to(
-                [(f"tfds:{conftest.TFDS_NAME}:train[0shard]", 30)]
-                + [(f"tfds:{conftest.TFDS_NAME}:validation[0shard]", 10)]
+                [(f"{prefix}:{name}[0shard]", len(chunk)) for name, chunk in pairs.items()]
             ),
             label="CheckCounts",
         )
-        util.assert_that(lines | beam.Map(lambda line: line.raw), util.equal_to(expected))
-        util.assert_that(
-            lines | "Origins" >> beam.Map(lambda line: line.origin.rsplit(":", 1)[0]),
-            util.equal_to(
-                [f"tfds:{conftest.TFDS_NAME}:train[0shard]"] * 30
-                + [f"tfds:{conftest.TFDS_NAME}:validation[0shard]"] * 10
-            ),
-            label="CheckOrigins",
+
+
+def test_tfds_split_map_can_hash_or_skip_splits(tfds_data_dir):
+    spec = io.parse_inputs(
+        [f"tfds:{conftest.TFDS_NAME}"], None, None, tfds_data_dir, "train:hash,validation:skip"
+    )[0]
+    assert io.tfds_splits_read(spec, ["train", "validation"]) == ["train"]
+    with test_pipeline.TestPipeline() as p:
+        lines, _ = p | io.ReadTfds(
+            dataclasses.replace(spec, splits=spec.splits + (("test", "skip"),))
         )
+        util.assert_that(lines | beam.Map(lambda line: line.split), util.equal_to([""] * 30))
+
+
+@pytest.mark.parametrize(
+    "mapping, available, message",
+    [
+        ("train:train", ["train", "test"], "split\\(s\\) test that --tfds_splits does not map"),
+        ("train:skip,test:skip", ["train", "test"], "skips every split"),
+    ],
+)
+def test_tfds_split_map_refuses_unmapped_or_no_splits(mapping, available, message):
+    spec = io.TfdsInput("x", None, io.parse_split_map(mapping))
+    with pytest.raises(ValueError, match=message):
+        io.tfds_splits_read(spec, available)
+
+
+def test_tfds_split_map_refuses_unknown_targets():
+    with pytest.raises(ValueError, match="'train:valid' must be TFDS_SPLIT:SPLIT"):
+        io.parse_split_map("train:valid")
 
 
 def test_read_tfds_refuses_a_set_that_is_not_prepared(tmp_path):

@@ -198,7 +198,7 @@ def test_bad_flags_exit_with_a_message(argv, message, tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_tfds_input_runs_end_to_end(tfds_data_dir, tmp_path):
+def test_tfds_input_keeps_its_own_splits_and_no_test_pair_in_train(tfds_data_dir, tmp_path):
     output_dir = str(tmp_path / "out")
     main.run(
         [
@@ -208,10 +208,25 @@ def test_tfds_input_runs_end_to_end(tfds_data_dir, tmp_path):
             *conftest.FLAGS,
         ]
     )
-    metadata = metadata_lib.read_metadata(paths.DatasetLayout(output_dir))
-    assert metadata["counts"]["read"] == 40
-    assert sum(metadata["counts"]["written"].values()) == 40
+    layout = paths.DatasetLayout(output_dir)
+    metadata = metadata_lib.read_metadata(layout)
+    pairs = conftest.tfds_split_pairs()
+    assert metadata["counts"]["read"] == sum(map(len, pairs.values())) == 48
     assert metadata["input"]["paths"] == [f"tfds:{conftest.TFDS_NAME}"]
+    written = {
+        split: {e[features.SOURCE_TEXT].numpy().decode() for e in _examples(layout, split)}
+        for split in paths.SPLITS
+    }
+    repeated = {pairs["test"][0][0], pairs["validation"][0][0]}
+    expected = {"train": "train", "dev": "validation", "test": "test"}
+    for split, tfds_split in expected.items():
+        sources = {source for source, _ in pairs[tfds_split]}
+        assert written[split] == sources - (repeated if split == "train" else set())
+    assert not written["train"] & (written["dev"] | written["test"])
+    # The training copies of the pairs dev and test repeat are the ones rejected.
+    rejects = _rejects(layout)
+    assert set(rejects.values()) == {records.DUPLICATE} and len(rejects) == 2
+    assert all(origin.startswith(f"tfds:{conftest.TFDS_NAME}:train[0shard]:") for origin in rejects)
 
 
 def test_dry_run_translates_for_dataflow_and_ships_the_package(tmp_path, capsys):
