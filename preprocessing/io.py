@@ -1,10 +1,11 @@
 """Readers: every kind of input becomes one PCollection of `records.Line`, one per input record.
 
 Text inputs are opened with Beam's `FileSystems`, so any filesystem Beam has a plugin for works
-(local, gs://, s3://, hdfs://) and `.gz`/`.bz2` files are decompressed by their extension. A file
-is read by one worker from start to end so every line keeps its number for the rejects file
-(give a large corpus as several files to read them in parallel); `ReadInputs` reshuffles
-afterwards so the rest of the job runs in parallel.
+(local, gs://, s3://, hdfs://) and `.gz`/`.bz2` files are decompressed by their extension. TSV
+files are read in parallel, a large uncompressed one in byte ranges, each line keeping its number
+for the rejects file (`preprocessing.ranges`); a compressed file, and each pair of aligned files,
+is read by one worker. `ReadInputs` reshuffles afterwards so the rest of the job runs in
+parallel.
 
 Each reader also says how many records it read from each input (`records.input_of`), on a
 second output: the job's accounting compares that, not a count taken downstream, with what was
@@ -22,7 +23,7 @@ import tensorflow_datasets as tfds
 from apache_beam.io import fileio, filesystems
 
 from pipeline import paths
-from preprocessing import output_dir, records
+from preprocessing import output_dir, ranges, records
 
 TFDS_PREFIX = "tfds:"
 READ_COUNTS = "read_counts"
@@ -175,36 +176,32 @@ def _counted(lines):
         yield beam.pvalue.TaggedOutput(READ_COUNTS, (source, count))
 
 
-def _tsv_lines(readable: fileio.ReadableFile):
-    path = readable.metadata.path
-    with readable.open() as f:
-        for number, line in enumerate(iter(f.readline, b""), start=1):
-            raw = _strip_newline(line)
-            yield records.Line(f"{path}:{number}", raw, tuple(raw.split(b"\t")))
-
-
-def _read_tsv_file(readable: fileio.ReadableFile):
-    return _counted(_tsv_lines(readable))
+def _tsv_line(path_number_line) -> records.Line:
+    path, number, line = path_number_line
+    raw = _strip_newline(line)
+    return records.Line(f"{path}:{number}", raw, tuple(raw.split(b"\t")))
 
 
 class ReadTsv(beam.PTransform):
     """Reads one TSV path or glob; a pattern that matches nothing fails the job.
 
-    Outputs (lines, read counts): `records.Line`s, and (input, records read) per file.
+    Files are read in parallel, and a large uncompressed file in ranges of `range_bytes` on many
+    workers (`preprocessing.ranges`), every line keeping its number. Outputs (lines, read
+    counts): `records.Line`s, and (input, records read) per file or range.
     """
 
-    def __init__(self, pattern: str):
+    def __init__(self, pattern: str, range_bytes: int = ranges.DEFAULT_RANGE_BYTES):
         super().__init__()
         self._pattern = pattern
+        self._range_bytes = range_bytes
 
     def expand(self, pbegin):
-        outputs = (
+        lines, counts = (
             pbegin
             | "Match" >> fileio.MatchFiles(self._pattern, fileio.EmptyMatchTreatment.DISALLOW)
-            | "Open" >> fileio.ReadMatches()
-            | "Lines" >> beam.FlatMap(_read_tsv_file).with_outputs(READ_COUNTS, main="lines")
+            | "Lines" >> ranges.ReadLines(self._range_bytes)
         )
-        return outputs.lines, outputs[READ_COUNTS]
+        return lines | "ToRecords" >> beam.Map(_tsv_line), counts
 
 
 def _read_aligned_files(spec: AlignedFilesInput):
@@ -367,28 +364,30 @@ class ReadTfds(beam.PTransform):
         return outputs.lines, outputs[READ_COUNTS]
 
 
-def _reader(spec: InputSpec) -> beam.PTransform:
+def _reader(spec: InputSpec, range_bytes: int) -> beam.PTransform:
     if isinstance(spec, TsvInput):
-        return ReadTsv(spec.pattern)
+        return ReadTsv(spec.pattern, range_bytes)
     if isinstance(spec, AlignedFilesInput):
         return ReadAlignedFiles(spec)
     return ReadTfds(spec)
 
 
 class ReadInputs(beam.PTransform):
-    """Reads every input.
+    """Reads every input; uncompressed text files larger than `range_bytes` are read in ranges.
 
     Outputs (lines, read counts): one PCollection of `records.Line` spread over the workers, and
     (input, records read) pairs, several per input when it was read in parts.
     """
 
-    def __init__(self, specs: list[InputSpec]):
+    def __init__(self, specs: list[InputSpec], range_bytes: int = ranges.DEFAULT_RANGE_BYTES):
         super().__init__()
         self._specs = specs
+        self._range_bytes = range_bytes
 
     def expand(self, pbegin):
         outputs = [
-            pbegin | f"Read{index}" >> _reader(spec) for index, spec in enumerate(self._specs)
+            pbegin | f"Read{index}" >> _reader(spec, self._range_bytes)
+            for index, spec in enumerate(self._specs)
         ]
         lines = [lines for lines, _ in outputs] | "Flatten" >> beam.Flatten()
         counts = [counts for _, counts in outputs] | "AllCounts" >> beam.Flatten()

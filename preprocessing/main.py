@@ -107,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("--num_shards", type=int, default=0, help="TFRecord shards per split (0: automatic).")
     add(
+        "--input_range_mb",
+        type=float,
+        default=_DEFAULTS.input_range_bytes / 2**20,
+        help="Uncompressed text inputs larger than this are read in ranges of this many MiB by "
+        "parallel workers (compressed files are read whole).",
+    )
+    add(
         "--dry_run",
         action="store_true",
         help="Translate the pipeline for the chosen runner and print it; run nothing.",
@@ -127,6 +134,7 @@ def _config(args: argparse.Namespace) -> pipeline_def.PreprocessConfig:
         dev_fraction=args.dev_fraction,
         test_fraction=args.test_fraction,
         num_shards=args.num_shards,
+        input_range_bytes=round(args.input_range_mb * 2**20),
         vocab=vocabulary.VocabParams(
             size=args.vocab_size,
             shared=args.shared_vocab,

@@ -21,6 +21,7 @@ from preprocessing import (
     clean,
     encode,
     io,
+    ranges,
     records,
     split,
     summary,
@@ -43,6 +44,8 @@ class PreprocessConfig:
       test_fraction: Share of source sentences in test.
       num_shards: TFRecord shards per split (0: automatic).
       vocab: How vocabularies are learned.
+      input_range_bytes: Uncompressed text inputs larger than this are read in ranges of this
+        size by parallel workers.
     """
 
     inputs: tuple[io.InputSpec, ...]
@@ -54,12 +57,15 @@ class PreprocessConfig:
     test_fraction: float = 0.03
     num_shards: int = 0
     vocab: vocabulary.VocabParams = vocabulary.VocabParams()
+    input_range_bytes: int = ranges.DEFAULT_RANGE_BYTES
 
     def __post_init__(self):
         split.check_fractions(self.dev_fraction, self.test_fraction)
         for name in ("max_chars", "num_shards", "max_length_ratio"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must not be negative, got {getattr(self, name)}.")
+        if self.input_range_bytes < 1:
+            raise ValueError("--input_range_mb must be positive.")
         if self.max_length < 1:
             raise ValueError(f"--max_length must be positive, got {self.max_length}.")
         if 0 < self.max_length_ratio < 1:
@@ -123,7 +129,9 @@ def build(
       settings: 'beam_options' and 'flags' recorded in metadata.json.
       start_time: `time.time()` when the job started, for 'elapsed_seconds'.
     """
-    lines, read_counts = pipeline | "ReadInputs" >> io.ReadInputs(list(config.inputs))
+    lines, read_counts = pipeline | "ReadInputs" >> io.ReadInputs(
+        list(config.inputs), config.input_range_bytes
+    )
     pairs, malformed = lines | "CleanPairs" >> clean.CleanPairs(config.max_chars, config.reverse)
     unique, duplicates = pairs | "DropDuplicates" >> clean.DropDuplicates()
     split_pairs = unique | "AssignSplits" >> split.AssignSplits(

@@ -36,13 +36,17 @@ def test_missing_local_input_fails_before_the_job(tmp_path):
     io.check_local_inputs([io.TsvInput("gs://bucket/not-checked-from-here.tsv")])
 
 
-def test_read_tsv_numbers_lines_and_keeps_raw_bytes(tmp_path):
-    path = tmp_path / "in.tsv.gz"
-    with gzip.open(path, "wb") as f:
+@pytest.mark.parametrize("name, range_bytes", [("in.tsv.gz", 4), ("in.tsv", 4), ("in.tsv", 100)])
+def test_read_tsv_numbers_lines_and_keeps_raw_bytes(tmp_path, name, range_bytes):
+    """Compressed, cut into 4-byte ranges (several per line), or read whole: the same lines."""
+    path = tmp_path / name
+    with (gzip.open if name.endswith(".gz") else open)(path, "wb") as f:
         f.write(b"a\tb\r\nbad \xff\tx\nno tab\n\tlast")
     with test_pipeline.TestPipeline() as p:
-        lines, counts = p | io.ReadTsv(str(tmp_path / "*.tsv.gz"))
-        util.assert_that(counts, util.equal_to([(str(path), 4)]), label="CheckCounts")
+        lines, counts = p | io.ReadTsv(str(tmp_path / "in.tsv*"), range_bytes)
+        util.assert_that(
+            counts | beam.CombinePerKey(sum), util.equal_to([(str(path), 4)]), label="CheckCounts"
+        )
         util.assert_that(
             lines,
             util.equal_to(

@@ -279,3 +279,41 @@ def test_multi_processing_gives_the_same_dataset(dirty_run, dirty_corpus, tmp_pa
             expected = list(tf.data.TFRecordDataset(os.path.join(layout.root, name)))
             actual = list(tf.data.TFRecordDataset(os.path.join(output_dir, name)))
             assert sorted(r.numpy() for r in actual) == sorted(r.numpy() for r in expected)
+
+
+@pytest.mark.slow
+def test_two_workers_reading_forced_ranges_account_for_every_line(tmp_path):
+    """1,000 pairs with dirty lines, read in ~3 KB ranges by two worker processes: every line
+    is in a shard (by its text) or in the rejects file (by its number), once."""
+    lines = [f"{s}\t{t}".encode() for s, t in conftest.clean_pairs(1000)]
+    for index, (raw, _) in enumerate(conftest.DIRTY_LINES):
+        lines.insert(100 * index + 7, raw)
+    corpus = tmp_path / "corpus.tsv"
+    corpus.write_bytes(b"".join(line + b"\n" for line in lines))
+    output_dir = str(tmp_path / "out")
+    main.run(
+        [
+            f"--input={corpus}",
+            f"--output_dir={output_dir}",
+            *conftest.FLAGS,
+            "--input_range_mb=0.003",
+            "--direct_running_mode=multi_processing",
+            "--direct_num_workers=2",
+        ]
+    )
+    layout = paths.DatasetLayout(output_dir)
+    metadata = metadata_lib.read_metadata(layout)
+    assert metadata["counts"]["read"] == len(lines)
+    rejects = _rejects(layout)
+    for index, (_, reason) in enumerate(conftest.DIRTY_LINES):
+        assert rejects[f"{corpus}:{100 * index + 8}"] == reason
+    written = [
+        e[features.SOURCE_TEXT].numpy().decode()
+        for split in paths.SPLITS
+        for e in _examples(layout, split)
+    ]
+    assert len(written) == len(set(written)) == len(lines) - len(rejects)
+    written = set(written)
+    for number, line in enumerate(lines, start=1):
+        if f"{corpus}:{number}" not in rejects:
+            assert text.normalize(line.split(b"\t")[0].decode()) in written, number
