@@ -167,8 +167,11 @@ def learn_vocabulary(
     # Ties are ordered by word, so the vocabulary does not depend on the order counts merged in.
     ordered = sorted(word_counts.items(), key=lambda word_count: (-word_count[1], word_count[0]))
     words = dict(ordered[: params.max_words or params.size])
+    # Capped at the top word's count: the learner binary-searches a count threshold up to the
+    # largest count it sees, and a character's total would widen that search (and its passes).
+    ceiling = max(words.values(), default=1)
     for character, count in characters.items():
-        words[character] = max(words.get(character, 0), count)
+        words[character] = max(words.get(character, 0), min(count, ceiling))
     return learner.learn(
         sorted(words.items(), key=lambda word_count: (-word_count[1], word_count[0])),
         vocab_size=params.size,
