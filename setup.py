@@ -14,6 +14,7 @@ setuptools.setup(
         "tensorflow==2.15.1",
         "tensorflow-addons==0.23.0",
         "tensorflow-text==2.15.0",
+        "sentencepiece==0.2.3",
         "tensorflow-datasets",
         "tensorflow-metadata==1.16.1",
         "apache-beam[tfrecord]==2.77.0",
