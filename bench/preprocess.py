@@ -83,9 +83,10 @@ def _loop(input_path: str, output_dir: str) -> None:
         info = {"size": len(vocabs[side]), "fingerprint": vocab_lib.fingerprint(vocabs[side])}
         vocab_info[side] = info
 
-    tokenizers = {side: text.SubwordTokenizer(tokens) for side, tokens in vocabs.items()}
+    tokenizers = {side: text.SubwordTokenizer(vocab) for side, vocab in vocabs.items()}
     by_file_set = collections.defaultdict(list)
     histogram = collections.Counter()
+    pieces = collections.Counter()
     for begin in range(0, len(pairs), 1024):
         batch = pairs[begin : begin + 1024]
         ids = {
@@ -98,6 +99,7 @@ def _loop(input_path: str, output_dir: str) -> None:
             batch, ids["source"], ids["target"], strict=True
         ):
             tokenized = records.TokenizedPair(split_name, source_ids, target_ids, pair)
+            pieces.update(source=len(source_ids), target=len(target_ids))
             problem = encode.length_problem(
                 len(source_ids), len(target_ids), config.max_length, config.max_length_ratio
             )
@@ -139,6 +141,7 @@ def _loop(input_path: str, output_dir: str) -> None:
         written={name: len(by_file_set[name]) for name in paths.SPLITS},
         rejected=collections.Counter(r.reason for r in rejects),
         vocabularies=vocab_info,
+        pieces_per_sentence={side: pieces[side] / max(len(pairs), 1) for side in pieces},
         histogram=list(histogram.items()),
         files=files,
         settings={

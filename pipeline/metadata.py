@@ -33,7 +33,8 @@ def read_metadata(layout: paths.DatasetLayout) -> dict:
 
 
 def check_compatible(metadata: dict, layout: paths.DatasetLayout) -> None:
-    """Refuses a dataset of another schema or whose vocabulary files changed after it was made."""
+    """Refuses a dataset of another schema, or whose vocabulary files are unreadable, of an older
+    version or changed after it was made."""
     version = metadata.get("schema_version")
     if version != features.SCHEMA_VERSION:
         raise DatasetError(
@@ -41,9 +42,12 @@ def check_compatible(metadata: dict, layout: paths.DatasetLayout) -> None:
             f"{features.SCHEMA_VERSION}. Rerun the preprocess job with this version."
         )
     for side in ("source", "target"):
-        tokens = vocab_lib.load_vocabulary(layout.vocabulary(side))
+        try:
+            vocabulary = vocab_lib.load_vocabulary(layout.vocabulary(side))
+        except vocab_lib.VocabularyError as e:
+            raise DatasetError(str(e)) from e
         expected = metadata["vocab"][side]["fingerprint"]
-        actual = vocab_lib.fingerprint(tokens)
+        actual = vocab_lib.fingerprint(vocabulary)
         if actual != expected:
             raise DatasetError(
                 f"{layout.vocabulary(side)} has fingerprint {actual} but {layout.metadata} "

@@ -26,7 +26,7 @@ class DatasetLayout:
 
     def vocabulary(self, side: str) -> str:
         """`side` is 'source' or 'target'; with a shared vocabulary both files are equal."""
-        return os.path.join(self.root, "vocab", f"{side}.txt")
+        return os.path.join(self.root, "vocab", f"{side}.model")
 
     def shard_prefix(self, split: str) -> str:
         return os.path.join(self.root, split, split)

@@ -1,12 +1,14 @@
 """Text normalisation and the reversible subword tokenizer shared by Beam, trainer and export.
 
-Tokenization is WordPiece (TF Text's `FastWordpieceTokenizer`), made reversible by marking every
-space as a `SPACE_MARK` prefix on the following word before tokenizing. Detokenizing joins the
-pieces, drops the separators WordPiece inserts, and turns marks back into spaces, so
-`detokenize(tokenize(text)) == text` for any normalised text whose pieces are in the vocabulary.
-Beam counts words with `split_words`, which mirrors the tokenizer's own pre-tokenization.
+Tokenization is SentencePiece (TF Text's in-graph `SentencepieceTokenizer`) with a model learned
+by the Beam job. The model's own normaliser is the identity: `normalize` (and its in-graph twin)
+is the one normalisation, applied before tokenizing, so the model sees exactly the text that is
+stored. SentencePiece marks each space as a `SPACE_MARK` prefix of the next piece, so
+`detokenize(tokenize(text)) == text` for any normalised text whose characters are in the
+vocabulary.
 """
 
+import hashlib
 import re
 import unicodedata
 
@@ -44,58 +46,33 @@ def normalize_in_graph(text: tf.Tensor) -> tf.Tensor:
     return tf.strings.strip(text)
 
 
-def _is_punctuation(ch: str) -> bool:
-    """The pre-tokenizer's punctuation test (BERT's): ASCII symbols and Unicode P* categories."""
-    cp = ord(ch)
-    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
-        return True
-    return unicodedata.category(ch).startswith("P")
-
-
-def split_words(text: str) -> list[str]:
-    """Splits normalised text into the words WordPiece sees, space marks included."""
-    words = []
-    for chunk in text.replace(" ", " " + SPACE_MARK).split():
-        current = []
-        for ch in chunk:
-            if _is_punctuation(ch):
-                if current:
-                    words.append("".join(current))
-                    current = []
-                words.append(ch)
-            else:
-                current.append(ch)
-        if current:
-            words.append("".join(current))
-    return words
-
-
 class SubwordTokenizer(tf.Module):
-    """Reversible WordPiece over one vocabulary; every method runs in graph and in a SavedModel."""
+    """Reversible SentencePiece over one vocabulary; every method runs in graph and in a SavedModel.
 
-    def __init__(self, tokens: list[str], name: str | None = None):
+    TF Text's `SentencepieceTokenizer` holds the serialised model as a graph resource, so the
+    Beam job, the trainer and the exported model tokenize with the same bytes.
+    """
+
+    def __init__(self, vocabulary: vocab_lib.Vocabulary, name: str | None = None):
         super().__init__(name=name)
-        self.vocab_size = len(tokens)
-        self._tokens = tf.constant(tokens)
-        self._wordpiece = tf_text.FastWordpieceTokenizer(
-            vocab=tokens,
-            suffix_indicator=vocab_lib.SUFFIX_INDICATOR,
-            unknown_token=vocab_lib.UNK,
-            support_detokenization=True,
-            token_out_type=tf.int32,
+        self.vocab_size = len(vocabulary)
+        self._pieces = tf.constant(vocabulary.pieces)
+        # A name of its own per model: a SavedModel holding two SentencepieceTokenizers of the
+        # same name (TF Text 2.15) reloads with the first one's model for both.
+        digest = hashlib.sha256(vocabulary.model).hexdigest()[:16]
+        self._sentencepiece = tf_text.SentencepieceTokenizer(
+            model=vocabulary.model, out_type=tf.int32, name=f"sentencepiece_{digest}"
         )
 
     def tokenize(self, text: tf.Tensor) -> tf.RaggedTensor:
         """Normalised strings [batch] -> ragged int32 ids [batch, (pieces)]."""
-        marked = tf.strings.regex_replace(text, " ", " " + SPACE_MARK)
-        return self._wordpiece.tokenize(marked)
+        return self._sentencepiece.tokenize(text)
 
     def detokenize(self, ids: tf.RaggedTensor) -> tf.Tensor:
         """Ragged ids [batch, (pieces)] without specials -> strings [batch]."""
         # The tokenizer op wants int64 row splits; ragged ops on parsed records give int32.
-        joined = self._wordpiece.detokenize(ids.with_row_splits_dtype(tf.int64))
-        return tf.strings.regex_replace(tf.strings.regex_replace(joined, " ", ""), SPACE_MARK, " ")
+        return self._sentencepiece.detokenize(ids.with_row_splits_dtype(tf.int64))
 
     def ids_to_pieces(self, ids: tf.Tensor) -> tf.Tensor:
         """Ids -> their piece strings, for attention pictures and debugging."""
-        return tf.gather(self._tokens, ids)
+        return tf.gather(self._pieces, ids)

@@ -21,19 +21,19 @@ class _TokenizeBatchFn(beam.DoFn):
     """Batches of (split, `Pair`) -> `TokenizedPair`s, vocabularies from a side input.
 
     Tokenizers are built once per worker and vocabulary (keyed by fingerprint), not per batch:
-    building one compiles the vocabulary into a FastWordpiece model.
+    building one parses the SentencePiece model into a TF resource.
     """
 
     def __init__(self):
         self._tokenizers = {}
 
-    def _tokenizer(self, tokens: list[str]) -> text.SubwordTokenizer:
-        key = vocab_lib.fingerprint(tokens)
+    def _tokenizer(self, learned: vocabulary.Learned) -> text.SubwordTokenizer:
+        key = vocab_lib.fingerprint(learned.vocabulary)
         if key not in self._tokenizers:
-            self._tokenizers[key] = text.SubwordTokenizer(tokens)
+            self._tokenizers[key] = text.SubwordTokenizer(learned.vocabulary)
         return self._tokenizers[key]
 
-    def process(self, batch, vocabularies: dict[str, list[str]]):
+    def process(self, batch, vocabularies: dict[str, vocabulary.Learned]):
         vocabulary.check_learned(vocabularies)
         source_ids = self._tokenizer(vocabularies["source"]).tokenize(
             tf.constant([pair.source for _, pair in batch])
@@ -48,7 +48,7 @@ class _TokenizeBatchFn(beam.DoFn):
 
 
 class TokenizePairs(beam.PTransform):
-    """(split, `Pair`) -> `TokenizedPair`, given a PCollection of (side, tokens)."""
+    """(split, `Pair`) -> `TokenizedPair`, given the PCollection of (side, `vocabulary.Learned`)."""
 
     def __init__(self, vocabularies: beam.PCollection):
         super().__init__()

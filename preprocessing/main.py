@@ -62,22 +62,23 @@ def _parser() -> argparse.ArgumentParser:
     add("--vocab_size", type=int, default=_DEFAULTS.vocab.size, help="Largest vocabulary size.")
     add("--shared_vocab", action="store_true", help="One vocabulary for source and target.")
     add(
-        "--vocab_min_count",
-        type=int,
-        default=_DEFAULTS.vocab.min_count,
-        help="Fewest training-split occurrences of a kept piece.",
-    )
-    add(
-        "--vocab_iterations",
-        type=int,
-        default=_DEFAULTS.vocab.iterations,
-        help="WordPiece learner refinement passes.",
-    )
-    add(
         "--vocab_max_words",
         type=int,
         default=_DEFAULTS.vocab.max_words,
-        help="Most frequent distinct words the learner sees (0: --vocab_size).",
+        help="Most frequent distinct words of the training split the SentencePiece learner "
+        "sees; bounds its time and memory.",
+    )
+    add(
+        "--vocab_character_coverage",
+        type=float,
+        default=_DEFAULTS.vocab.character_coverage,
+        help="Share of characters given pieces (e.g. 0.9995 for Chinese or Japanese).",
+    )
+    add(
+        "--vocab_model_type",
+        choices=vocabulary.MODEL_TYPES,
+        default=_DEFAULTS.vocab.model_type,
+        help="SentencePiece model learned: bpe (seconds) or unigram (slower to learn).",
     )
     add(
         "--max_length",
@@ -144,9 +145,9 @@ def _config(args: argparse.Namespace) -> pipeline_def.PreprocessConfig:
         vocab=vocabulary.VocabParams(
             size=args.vocab_size,
             shared=args.shared_vocab,
-            min_count=args.vocab_min_count,
-            iterations=args.vocab_iterations,
             max_words=args.vocab_max_words,
+            character_coverage=args.vocab_character_coverage,
+            model_type=args.vocab_model_type,
         ),
     )
 
@@ -184,6 +185,14 @@ def _recorded_options(options: pipeline_options.PipelineOptions) -> dict:
     }
 
 
+def _vocab_summary(side: str, info: dict) -> str:
+    return (
+        f"{side} {info['size']} (learned in {info['learn_seconds']:.1f} s from "
+        f"{info['words_learned_from']} of {info['distinct_words']} words, "
+        f"{info['pieces_per_sentence']:.2f} pieces/sentence)"
+    )
+
+
 def _summary(metadata: dict, elapsed: float, where: str) -> str:
     counts = metadata["counts"]
     written = counts["written"]
@@ -197,7 +206,7 @@ def _summary(metadata: dict, elapsed: float, where: str) -> str:
         + "".join(f", {reason} {n}" for reason, n in sorted(rejected.items())),
         "  vocab     "
         + ("shared, " if vocab["shared"] else "")
-        + ", ".join(f"{side} {vocab[side]['size']}" for side in vocabulary.SIDES),
+        + "\n            ".join(_vocab_summary(side, vocab[side]) for side in vocabulary.SIDES),
         "  shards    " + ", ".join(f"{s} {n}" for s, n in metadata["num_shards"].items()),
     ]
     return "\n".join(rows)

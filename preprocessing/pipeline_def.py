@@ -144,10 +144,9 @@ def build(
         | "LearnVocabularies" >> vocabulary.LearnVocabularies(config.vocab)
     )
     vocabulary_info = vocabularies | "WriteVocabularies" >> vocabulary.WriteVocabularies(layout)
-    kept, length_rejects = (
-        split_pairs
-        | "TokenizePairs" >> encode.TokenizePairs(vocabularies)
-        | "FilterLengths" >> encode.FilterLengths(config.max_length, config.max_length_ratio)
+    tokenized = split_pairs | "TokenizePairs" >> encode.TokenizePairs(vocabularies)
+    kept, length_rejects = tokenized | "FilterLengths" >> encode.FilterLengths(
+        config.max_length, config.max_length_ratio
     )
     examples = kept | "EncodeExamples" >> encode.EncodeExamples()
     rejects = (malformed, duplicates, length_rejects) | "AllRejects" >> beam.Flatten()
@@ -178,6 +177,7 @@ def build(
         | "Reasons" >> beam.Map(_reason)
         | "CountRejected" >> beam.combiners.Count.PerElement(),
         "vocabularies": vocabulary_info,
+        "pieces_per_sentence": tokenized | "PiecesPerSentence" >> summary.PiecesPerSentence(),
         "histogram": kept | "LengthHistogram" >> summary.LengthHistogram(),
         "files": files,
     }

@@ -42,6 +42,17 @@ def _lengths(tokenized: records.TokenizedPair):
     return [("source", len(tokenized.source_ids)), ("target", len(tokenized.target_ids))]
 
 
+class PiecesPerSentence(beam.PTransform):
+    """`TokenizedPair`s -> (side, mean pieces per sentence): how well the vocabulary fits.
+
+    Feed it every tokenized pair, before the length filters, so it measures the vocabulary and
+    not what `--max_length` let through.
+    """
+
+    def expand(self, tokenized):
+        return tokenized | "Lengths" >> beam.FlatMap(_lengths) | beam.combiners.Mean.PerKey()
+
+
 class LengthHistogram(beam.PTransform):
     """`TokenizedPair`s -> ((side, length in pieces), pair count)."""
 
@@ -55,6 +66,7 @@ def build_metadata(
     written: dict[str, int],
     rejected: dict[str, int],
     vocabularies: dict[str, dict],
+    pieces_per_sentence: dict[str, float],
     histogram: list[tuple[tuple[str, int], int]],
     files: list[tuple[str, str]],
     settings: dict,
@@ -67,7 +79,9 @@ def build_metadata(
       by_input: `accounting.by_input`: records read, written and rejected per input.
       written: Examples written per split (missing splits count 0).
       rejected: Rejects per reason (missing reasons count 0).
-      vocabularies: side -> {'size', 'fingerprint'}.
+      vocabularies: side -> {'size', 'fingerprint', ...}, as `vocabulary.WriteVocabularies`
+        gives them.
+      pieces_per_sentence: side -> mean pieces per sentence of every tokenized pair.
       histogram: ((side, length), count) entries.
       files: (split or 'rejects', path) of every shard file written.
       settings: What the job was asked to do: 'shared_vocab', 'max_length', 'input_paths',
@@ -75,6 +89,10 @@ def build_metadata(
       input_fingerprint: `InputFingerprint` of the input.
       elapsed_seconds: Wall time from job start to this point.
     """
+    vocab = {
+        side: {**info, "pieces_per_sentence": round(pieces_per_sentence.get(side, 0.0), 2)}
+        for side, info in vocabularies.items()
+    }
     lengths: dict[str, dict[str, int]] = {"source": {}, "target": {}}
     for (side, length), count in sorted(histogram):
         lengths[side][str(length)] = count
@@ -86,7 +104,7 @@ def build_metadata(
             "rejected": {reason: rejected.get(reason, 0) for reason in records.REJECT_REASONS},
             "by_input": by_input,
         },
-        "vocab": {"shared": settings["shared_vocab"], **vocabularies},
+        "vocab": {"shared": settings["shared_vocab"], **vocab},
         "max_length": settings["max_length"],
         "length_histograms": lengths,
         "input": {"paths": settings["input_paths"], "fingerprint": input_fingerprint},
@@ -149,7 +167,14 @@ class WriteMetadata(beam.PTransform):
         for name, pcoll in self._results.items():
             if name == "input_fingerprint":
                 views[name] = beam.pvalue.AsSingleton(pcoll)
-            elif name in ("written", "rejected", "vocabularies", "sent_to_files", "in_files"):
+            elif name in (
+                "written",
+                "rejected",
+                "vocabularies",
+                "pieces_per_sentence",
+                "sent_to_files",
+                "in_files",
+            ):
                 views[name] = beam.pvalue.AsDict(pcoll)
             else:
                 views[name] = beam.pvalue.AsList(pcoll)

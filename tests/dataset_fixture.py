@@ -2,11 +2,9 @@
 
 Trainer and export tests use it to stay fast and independent of the preprocessing job; the
 integration tests run the real Beam job instead. The pairs are the first lines of the bundled
-corpus; the vocabulary is every character plus the most frequent words, enough for WordPiece to
-cover any text made of those characters.
+corpus; the vocabularies are learned from them by the Beam job's own SentencePiece learner.
 """
 
-import collections
 import gzip
 import os
 
@@ -33,23 +31,26 @@ def read_corpus(limit: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def _vocabulary(sentences: list[str], words: int) -> list[str]:
-    counts = collections.Counter(w for s in sentences for w in text.split_words(s))
-    chars = sorted({c for s in sentences for c in s.replace(" ", text.SPACE_MARK)})
-    tokens = list(vocab_lib.RESERVED_TOKENS)
-    tokens += [w for w, _ in counts.most_common(words) if w not in tokens]
-    tokens += [c for c in chars if c not in tokens]
-    tokens += [vocab_lib.SUFFIX_INDICATOR + c for c in chars]
-    return tokens
+def _vocabulary(sentences: list[str], size: int) -> vocab_lib.Vocabulary:
+    from preprocessing import vocabulary
+
+    params = vocabulary.VocabParams(size=size)
+    return vocabulary.learn_vocabulary(vocabulary.count_words(sentences), params)
 
 
-def write_dataset(root: str, pairs: list[tuple[str, str]], words: int = 300) -> paths.DatasetLayout:
-    """Writes pairs (80/10/10 train/dev/test) with vocabularies, metadata and COMPLETED."""
+def write_dataset(root: str, pairs: list[tuple[str, str]], size: int = 300) -> paths.DatasetLayout:
+    """Writes pairs (80/10/10 train/dev/test) with vocabularies, metadata and COMPLETED.
+
+    Args:
+      root: The dataset directory.
+      pairs: Normalised (source, target) pairs.
+      size: Largest vocabulary size per side (fewer pieces when the pairs have fewer).
+    """
     layout = paths.DatasetLayout(root)
     tf.io.gfile.makedirs(os.path.join(root, "vocab"))
     vocabs = {
-        "source": _vocabulary([s for s, _ in pairs], words),
-        "target": _vocabulary([t for _, t in pairs], words),
+        "source": _vocabulary([s for s, _ in pairs], size),
+        "target": _vocabulary([t for _, t in pairs], size),
     }
     for side, tokens in vocabs.items():
         vocab_lib.write_vocabulary(layout.vocabulary(side), tokens)

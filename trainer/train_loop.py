@@ -27,7 +27,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 def load_dataset_contract(data_cfg: config_lib.DataConfig):
-    """Reads and checks metadata.json; returns (metadata, source tokens, target tokens)."""
+    """Reads and checks metadata.json; returns (metadata, source vocabulary, target vocabulary)."""
     layout = paths.DatasetLayout(data_cfg.data_dir)
     metadata = metadata_lib.read_metadata(layout)
     metadata_lib.check_compatible(metadata, layout)

@@ -32,7 +32,6 @@ FLAGS = [
     "--dev_fraction=0.2",
     "--test_fraction=0.2",
     "--vocab_size=300",
-    "--vocab_min_count=1",
 ]
 
 # Raw TSV lines (bytes, no newline) and the reason each is rejected for under FLAGS.

@@ -80,6 +80,17 @@ def test_output_layout_and_metadata_follow_the_contract(dirty_run):
     assert sum(histogram.values()) == sum(metadata["counts"]["written"].values())
     assert max(int(length) for length in histogram) <= metadata["max_length"] == 24
     assert metadata["vocab"]["shared"] is False
+    for side in ("source", "target"):
+        info = metadata["vocab"][side]
+        assert 0 <= info["learn_seconds"] < metadata["elapsed_seconds"]
+        assert 0 < info["words_learned_from"] == info["distinct_words"]
+        # Every tokenized pair counts, the too_long ones too, so the mean exceeds the kept ones'.
+        kept = metadata["length_histograms"][side]
+        kept_mean = sum(int(n) * c for n, c in kept.items()) / sum(kept.values())
+        assert info["pieces_per_sentence"] > kept_mean
+    summary = main._summary(metadata, 1.0, layout.root)
+    assert f"source {metadata['vocab']['source']['size']} (learned in " in summary
+    assert "pieces/sentence" in summary and "too_long 1" in summary
     assert metadata["beam_options"]["runner"] == "DirectRunner"
     assert metadata["input"]["fingerprint"].startswith("sha256-multiset:")
     parent = os.path.dirname(layout.root)
@@ -119,7 +130,7 @@ def test_vocabulary_is_learned_from_the_training_split_only(dirty_run):
     }
     assert held_out <= written
     source_vocab = vocab_lib.load_vocabulary(layout.vocabulary("source"))
-    assert not [token for token in source_vocab if "\u00f8" in token]
+    assert not [piece for piece in source_vocab.pieces if "\u00f8" in piece]
 
 
 def test_rerun_refuses_then_overwrite_replaces(dirty_run, dirty_corpus, tmp_path, capsys):
@@ -135,7 +146,7 @@ def test_rerun_refuses_then_overwrite_replaces(dirty_run, dirty_corpus, tmp_path
     rerun = metadata_lib.read_metadata(paths.DatasetLayout(output_dir))
     assert rerun["beam_options"]["s3_secret_access_key"] == "REDACTED"
     assert rerun["vocab"]["shared"] is True
-    assert rerun["vocab"]["source"] == rerun["vocab"]["target"]
+    assert rerun["vocab"]["source"]["fingerprint"] == rerun["vocab"]["target"]["fingerprint"]
     assert rerun["counts"]["read"] == metadata["counts"]["read"]
     assert sorted(os.listdir(tmp_path)) == ["copy"]
 

@@ -27,6 +27,7 @@ def test_build_metadata_fills_every_split_and_reason():
         written={"train": 3},
         rejected={records.DUPLICATE: 2},
         vocabularies={"source": {"size": 9}, "target": {"size": 8}},
+        pieces_per_sentence={"source": 2.0, "target": 14 / 3},
         histogram=[(("source", 2), 3), (("target", 10), 1), (("target", 2), 2)],
         files=[("train", "a"), ("train", "b"), ("dev", "c"), ("test", "d"), ("rejects", "e")],
         settings={"shared_vocab": False, "max_length": 64, "input_paths": ["x"]}
@@ -41,5 +42,9 @@ def test_build_metadata_fills_every_split_and_reason():
     assert set(metadata["counts"]["rejected"]) == set(records.REJECT_REASONS)
     assert metadata["length_histograms"] == {"source": {"2": 3}, "target": {"10": 1, "2": 2}}
     assert metadata["num_shards"] == {"train": 2, "dev": 1, "test": 1}
-    assert metadata["vocab"]["shared"] is False
+    assert metadata["vocab"] == {
+        "shared": False,
+        "source": {"size": 9, "pieces_per_sentence": 2.0},
+        "target": {"size": 8, "pieces_per_sentence": 4.67},
+    }
     assert metadata["input"] == {"paths": ["x"], "fingerprint": "fp"}
