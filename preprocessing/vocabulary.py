@@ -57,7 +57,7 @@ class VocabParams:
       character_coverage: Share of the top words' characters that get a piece (the rarest of
         the rest are [UNK]); below 1 only for alphabets of thousands of characters.
       model_type: SentencePiece's 'bpe' (fast to learn: seconds at WMT scale) or 'unigram'
-        (about 10-20x slower to learn, slightly more pieces per sentence on the bundled corpus).
+        (4-6x slower to learn and slightly more pieces per sentence on the bundled corpus).
     """
 
     size: int = 8000
