@@ -199,7 +199,7 @@ def _row(input_path: str, output_dir: str, args) -> dict:
         "pairs_per_second": round(counts["read"] / run["wall_seconds"]),
         "us_per_pair": round(1e6 * run["wall_seconds"] / counts["read"], 1),
         # The sides are learned at once on two workers, so the longer one is what the job waits.
-        "vocab_seconds": max(vocab[side]["learn_seconds"] for side in ("source", "target")),
+        "vocab_seconds": max(metadata["vocab_learn_seconds"].values()),
         "pieces_per_sentence": "/".join(
             f"{vocab[side]['pieces_per_sentence']:.1f}" for side in ("source", "target")
         ),

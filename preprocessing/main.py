@@ -185,9 +185,9 @@ def _recorded_options(options: pipeline_options.PipelineOptions) -> dict:
     }
 
 
-def _vocab_summary(side: str, info: dict) -> str:
+def _vocab_summary(side: str, info: dict, learn_seconds: float) -> str:
     return (
-        f"{side} {info['size']} (learned in {info['learn_seconds']:.1f} s from "
+        f"{side} {info['size']} (learned in {learn_seconds:.1f} s from "
         f"{info['words_learned_from']} of {info['distinct_words']} words, "
         f"{info['pieces_per_sentence']:.2f} pieces/sentence)"
     )
@@ -206,7 +206,10 @@ def _summary(metadata: dict, elapsed: float, where: str) -> str:
         + "".join(f", {reason} {n}" for reason, n in sorted(rejected.items())),
         "  vocab     "
         + ("shared, " if vocab["shared"] else "")
-        + "\n            ".join(_vocab_summary(side, vocab[side]) for side in vocabulary.SIDES),
+        + "\n            ".join(
+            _vocab_summary(side, vocab[side], metadata["vocab_learn_seconds"][side])
+            for side in vocabulary.SIDES
+        ),
         "  shards    " + ", ".join(f"{s} {n}" for s, n in metadata["num_shards"].items()),
     ]
     return "\n".join(rows)

@@ -80,7 +80,7 @@ def build_metadata(
       written: Examples written per split (missing splits count 0).
       rejected: Rejects per reason (missing reasons count 0).
       vocabularies: side -> {'size', 'fingerprint', ...}, as `vocabulary.WriteVocabularies`
-        gives them.
+        gives them; their 'learn_seconds' become 'vocab_learn_seconds'.
       pieces_per_sentence: side -> mean pieces per sentence of every tokenized pair.
       histogram: ((side, length), count) entries.
       files: (split or 'rejects', path) of every shard file written.
@@ -89,9 +89,19 @@ def build_metadata(
       input_fingerprint: `InputFingerprint` of the input.
       elapsed_seconds: Wall time from job start to this point.
     """
+    # Learning time goes beside the job's elapsed time, not under "vocab": what "vocab" holds is
+    # the same on every rerun and runner.
     vocab = {
-        side: {**info, "pieces_per_sentence": round(pieces_per_sentence.get(side, 0.0), 2)}
+        side: {
+            **{key: value for key, value in info.items() if key != "learn_seconds"},
+            "pieces_per_sentence": round(pieces_per_sentence.get(side, 0.0), 2),
+        }
         for side, info in vocabularies.items()
+    }
+    learn_seconds = {
+        side: info["learn_seconds"]
+        for side, info in vocabularies.items()
+        if "learn_seconds" in info
     }
     lengths: dict[str, dict[str, int]] = {"source": {}, "target": {}}
     for (side, length), count in sorted(histogram):
@@ -112,6 +122,7 @@ def build_metadata(
         "beam_options": settings["beam_options"],
         "flags": settings["flags"],
         "elapsed_seconds": round(elapsed_seconds, 1),
+        "vocab_learn_seconds": learn_seconds,
     }
 
 

@@ -30,6 +30,6 @@ def test_bundled_corpus_with_defaults(tmp_path):
     assert written["train"] > 0.85 * counts["read"]
     for side in ("source", "target"):
         assert 3000 <= metadata["vocab"][side]["size"] <= 8000
-        assert metadata["vocab"][side]["learn_seconds"] > 0
+        assert metadata["vocab_learn_seconds"][side] > 0
         assert 5 < metadata["vocab"][side]["pieces_per_sentence"] < 64
     assert max(int(n) for n in metadata["length_histograms"]["target"]) <= 64

@@ -82,7 +82,7 @@ def test_output_layout_and_metadata_follow_the_contract(dirty_run):
     assert metadata["vocab"]["shared"] is False
     for side in ("source", "target"):
         info = metadata["vocab"][side]
-        assert 0 <= info["learn_seconds"] < metadata["elapsed_seconds"]
+        assert 0 <= metadata["vocab_learn_seconds"][side] < metadata["elapsed_seconds"]
         assert 0 < info["words_learned_from"] == info["distinct_words"]
         # Every tokenized pair counts, the too_long ones too, so the mean exceeds the kept ones'.
         kept = metadata["length_histograms"][side]

@@ -26,7 +26,7 @@ def test_build_metadata_fills_every_split_and_reason():
         by_input={"x": {"read": 5, "written": 3, "rejected": 2}},
         written={"train": 3},
         rejected={records.DUPLICATE: 2},
-        vocabularies={"source": {"size": 9}, "target": {"size": 8}},
+        vocabularies={"source": {"size": 9, "learn_seconds": 0.5}, "target": {"size": 8}},
         pieces_per_sentence={"source": 2.0, "target": 14 / 3},
         histogram=[(("source", 2), 3), (("target", 10), 1), (("target", 2), 2)],
         files=[("train", "a"), ("train", "b"), ("dev", "c"), ("test", "d"), ("rejects", "e")],
@@ -48,3 +48,4 @@ def test_build_metadata_fills_every_split_and_reason():
         "target": {"size": 8, "pieces_per_sentence": 4.67},
     }
     assert metadata["input"] == {"paths": ["x"], "fingerprint": "fp"}
+    assert metadata["vocab_learn_seconds"] == {"source": 0.5}
