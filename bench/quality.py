@@ -36,8 +36,6 @@ def main():
     marks = sorted(float(m) for m in (args.steps or args.minutes).split(","))
     data_dir = common.ensure_dataset(args.data_dir)
 
-    import tensorflow as tf
-
     from pipeline import config
     from trainer import distribution, train_loop
 
@@ -49,8 +47,6 @@ def main():
     with tempfile.TemporaryDirectory() as model_dir:
         strategy = distribution.build_strategy(cfg.runtime, distribution.cpu_replicas(cfg))
         trainer = train_loop.Trainer(cfg, model_dir, strategy)
-        iterator = iter(trainer._dataset(0))
-        train_fn = trainer._make_train_fn()
         trained, steps = 0.0, 0
         last_report = time.perf_counter()
         for mark in marks:
@@ -59,7 +55,7 @@ def main():
                 if by_steps:
                     loop = min(loop, int(mark) - steps)
                 started = time.perf_counter()
-                train_fn(iterator, tf.constant(loop))
+                trainer.runner.run(loop)
                 trained += time.perf_counter() - started
                 steps += loop
                 if time.perf_counter() - last_report > 60:

@@ -41,7 +41,6 @@ VARIANTS = {
 
 def measure(data_dir: str, overrides: str, windows: int) -> dict:
     """Runs in the child process: returns the timed windows of one variant."""
-    import tensorflow as tf
 
     from pipeline import config
     from trainer import distribution, train_loop
@@ -52,13 +51,11 @@ def measure(data_dir: str, overrides: str, windows: int) -> dict:
     )
     strategy = distribution.build_strategy(cfg.runtime, distribution.cpu_replicas(cfg))
     trainer = train_loop.Trainer(cfg, "/tmp/bench-train-unused", strategy)
-    iterator = iter(trainer._dataset(0))
-    train_fn = trainer._make_train_fn()
     rates, steps_per_second = [], []
     for window in range(windows + 1):
         started = time.perf_counter()
-        totals = train_fn(iterator, tf.constant(WINDOW))
-        tokens = float(totals["tokens"]) + float(totals["source_tokens"])
+        totals = trainer.runner.run(WINDOW)
+        tokens = totals["tokens"] + totals["source_tokens"]
         seconds = time.perf_counter() - started
         if window:  # the first window traces and compiles
             rates.append(tokens / seconds)
@@ -67,7 +64,7 @@ def measure(data_dir: str, overrides: str, windows: int) -> dict:
         "tokens_per_second": round(statistics.median(rates), 1),
         "steps_per_second": round(statistics.median(steps_per_second), 2),
         "windows": [round(r, 1) for r in rates],
-        "final_loss": round(float(totals["loss_sum"]) / float(totals["tokens"]), 4),
+        "final_loss": round(totals["loss_sum"] / totals["tokens"], 4),
         "replicas": strategy.num_replicas_in_sync,
     }
 

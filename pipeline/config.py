@@ -32,7 +32,9 @@ class DataConfig:
         (8, 12, 16, 20, 24, 32, 48, 72), "Padded lengths; each batch is padded to one of these."
     )
     batch_size: int = _field(64, "Global batch in sentence pairs (split across replicas).")
-    shuffle_buffer: int = _field(8192, "Examples in the shuffle buffer.")
+    shuffle_buffer: int = _field(
+        8192, "Training records shuffled together: each epoch permutes blocks of this many."
+    )
     sort_pool: int = _field(
         32, "Batches per length-sorted pool; 0 pads to buckets (always so under XLA/TPU)."
     )
@@ -86,6 +88,12 @@ class TrainConfig:
     keep_checkpoints: int = _field(3, "Checkpoints kept on disk.")
     eval_every: int = _field(1000, "Evaluate dev loss and BLEU every this many steps.")
     eval_sentences: int = _field(200, "Dev sentences decoded for BLEU during training.")
+    eval_loss_sentences: int = _field(
+        2000, "Dev pairs scored for loss and perplexity at each evaluation (-1: the whole split)."
+    )
+    test_sentences: int = _field(
+        -1, "Test sentences decoded and scored at the end of training (-1: the whole split)."
+    )
     jit_compile: bool = _field(False, "Compile the train step with XLA (TPU: always on).")
     nonfinite: str = _field("skip", "On a NaN/Inf loss or gradient: 'skip' the update or 'stop'.")
     mixed_precision: str = _field("", "'' (float32), 'mixed_bfloat16' or 'mixed_float16'.")
@@ -339,6 +347,9 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
             f"data.batch_size={data.batch_size} must be divisible by "
             f"runtime.cpu_replicas={config.runtime.cpu_replicas}"
         )
+    for name in ("eval_loss_sentences", "test_sentences"):
+        if getattr(train, name) == 0 or getattr(train, name) < -1:
+            problems.append(f"train.{name} must be positive or -1 (all)")
     if data.sort_pool < 0:
         problems.append("data.sort_pool must be >= 0")
     if train.clip_norm < 0:
@@ -353,7 +364,8 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
 
 
 # Fields a resumed run may change without breaking exact continuation: where things are
-# written, how long to run, and how often to log, save and evaluate.
+# written, how long to run, how often to log, save and evaluate, and how a process splits its
+# batch among replicas (the batch at a step depends on the number of workers, not replicas).
 RESUME_SAFE_FIELDS = frozenset(
     {
         "data.data_dir",
@@ -365,7 +377,10 @@ RESUME_SAFE_FIELDS = frozenset(
         "train.keep_checkpoints",
         "train.eval_every",
         "train.eval_sentences",
+        "train.eval_loss_sentences",
+        "train.test_sentences",
         "runtime.strategy",
+        "runtime.cpu_replicas",
         "runtime.tpu",
     }
 )

@@ -5,20 +5,20 @@ import pytest
 import tensorflow as tf
 
 from pipeline import config
-from trainer import train_loop
+from trainer import actions, train_loop
 
 POISONED_STEP = 3
 
 
-def _trainer(small_dataset, tmp_path, nonfinite):
+def _trainer(data_dir, model_dir, nonfinite, strategy=None):
     cfg = config.build_config(
         "attention_seq2seq/tiny",
         params_override=(
-            f"data.data_dir={small_dataset.root},train.train_steps=6,train.steps_per_loop=1,"
+            f"data.data_dir={data_dir},train.train_steps=6,train.steps_per_loop=1,"
             f"train.eval_every=1000,train.nonfinite={nonfinite}"
         ),
     )
-    trainer = train_loop.Trainer(cfg, str(tmp_path), tf.distribute.get_strategy())
+    trainer = train_loop.Trainer(cfg, model_dir, strategy or tf.distribute.get_strategy())
     original = trainer.task.loss
 
     def poisoned_loss(batch, step, training):
@@ -31,7 +31,7 @@ def _trainer(small_dataset, tmp_path, nonfinite):
 
 
 def test_nan_step_is_skipped_counted_and_logged(small_dataset, tmp_path, caplog):
-    trainer = _trainer(small_dataset, tmp_path, "skip")
+    trainer = _trainer(small_dataset.root, str(tmp_path), "skip")
     with caplog.at_level("WARNING"):
         trainer.train()
     assert trainer.step == 6
@@ -41,13 +41,12 @@ def test_nan_step_is_skipped_counted_and_logged(small_dataset, tmp_path, caplog)
 
 
 def test_nan_step_skips_the_update_exactly(small_dataset, tmp_path):
-    trainer = _trainer(small_dataset, tmp_path, "skip")
+    trainer = _trainer(small_dataset.root, str(tmp_path), "skip")
     cfg = trainer.cfg
     trainer.cfg = config.merge(cfg, {"train": {"train_steps": POISONED_STEP}}, "test")
     trainer.train()
     weights = [v.numpy() for v in trainer.model.trainable_variables]
     trainer.cfg = config.merge(cfg, {"train": {"train_steps": POISONED_STEP + 1}}, "test")
-    trainer._train_fn = None
     trainer.train()
     assert trainer.step == POISONED_STEP + 1
     for old, new in zip(weights, trainer.model.trainable_variables, strict=True):
@@ -55,8 +54,8 @@ def test_nan_step_skips_the_update_exactly(small_dataset, tmp_path):
 
 
 def test_nan_step_stops_the_run_when_configured(small_dataset, tmp_path):
-    trainer = _trainer(small_dataset, tmp_path, "stop")
-    with pytest.raises(train_loop.NonFiniteLossError, match="train.nonfinite=stop"):
+    trainer = _trainer(small_dataset.root, str(tmp_path), "stop")
+    with pytest.raises(actions.NonFiniteLossError, match="train.nonfinite=stop"):
         trainer.train()
     assert trainer.step == POISONED_STEP + 1
     assert all(np.isfinite(v.numpy()).all() for v in trainer.model.trainable_variables)
