@@ -6,12 +6,16 @@ metrics. It keeps the state's input-position table current, so any checkpoint ta
 calls resumes the input right after the last batch trained on.
 """
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from trainer import data, input_position
 
 METRICS = ("loss_sum", "nll_sum", "tokens", "source_tokens", "grad_norm", "nonfinite")
+# Summed over replicas, each metric is a total, except "nonfinite": replicas agree on whether
+# a step was finite (they share the all-reduced gradient), so it is capped at one per step.
+_CAPS = np.array([np.inf] * (len(METRICS) - 1) + [1.0], np.float32)
 
 
 class StepRunner:
@@ -91,7 +95,7 @@ class StepRunner:
                 state.sampling_probability.assign(state.task.sampling_probability(step))
                 metrics, positions = strategy.run(replica_step, args=(next(iterator), step))
                 metrics = strategy.reduce(tf.distribute.ReduceOp.SUM, metrics, axis=None)
-                totals += metrics
+                totals += tf.minimum(metrics, _CAPS)
                 state.input_positions.assign(strategy.gather(positions, axis=0))
             return totals
 

@@ -1,10 +1,16 @@
-"""A NaN batch is skipped (or stops the run) and never reaches the weights or a checkpoint."""
+"""A NaN batch is skipped (or stops the run) and never reaches the weights or a checkpoint; a
+skipped step counts once however many replicas saw it."""
+
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from pipeline import config
+from tests import dataset_fixture
 from trainer import actions, train_loop
 
 POISONED_STEP = 3
@@ -59,3 +65,38 @@ def test_nan_step_stops_the_run_when_configured(small_dataset, tmp_path):
         trainer.train()
     assert trainer.step == POISONED_STEP + 1
     assert all(np.isfinite(v.numpy()).all() for v in trainer.model.trainable_variables)
+
+
+def count_on_two_replicas(data_dir: str, model_dir: str) -> dict:
+    """Runs in the child: the poisoned run on two logical CPU devices (MirroredStrategy)."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    trainer = _trainer(data_dir, model_dir, "skip", strategy)
+    trainer.train()
+    return {
+        "replicas": strategy.num_replicas_in_sync,
+        "step": trainer.step,
+        "nonfinite_steps": float(trainer.nonfinite_steps.numpy()),
+    }
+
+
+def test_a_skipped_step_counts_once_on_two_replicas(small_dataset, tmp_path):
+    """Each replica flags the step; the count must still be one (it was two, one per replica).
+    A child process: logical devices must be set before TensorFlow starts."""
+    code = (
+        "import json, sys\n"
+        "from tests.trainer.test_nonfinite import count_on_two_replicas\n"
+        "print('RESULT', json.dumps(count_on_two_replicas(sys.argv[1], sys.argv[2])))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, small_dataset.root, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=dataset_fixture.REPO,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = json.loads(next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))[7:])
+    assert out == {"replicas": 2, "step": 6, "nonfinite_steps": 1.0}
+    assert f"1 step(s) before step {POISONED_STEP + 1} had a NaN/Inf loss" in result.stderr
