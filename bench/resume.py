@@ -105,7 +105,7 @@ def _rewrite_checkpoint(data_dir: str, model_dir: str, far_step: int):
     last = far_step - 1
     position = [0, epoch, share - pool, last // cfg.data.sort_pool, last % cfg.data.sort_pool]
     run.optimizer.iterations.assign(far_step)
-    rows = run.input_positions.shape[0]  # one per replica, all of pipeline 0
+    rows = run.input_positions.numpy().shape[0]  # one per replica, all of pipeline 0
     run.input_positions.assign(tf.constant([position] * rows, tf.int64))
     manager = tf.train.CheckpointManager(run.checkpoint, run.layout.checkpoints, max_to_keep=3)
     print(f"rewritten to step {far_step}, input position {position}:", manager.save(far_step))

@@ -138,13 +138,18 @@ class Evaluator:
             for s, h, r in list(zip(sources, hypotheses, references, strict=True))[:3]
         ]
         result["decode_seconds"] = round(time.time() - started, 2)
-        result["decode_replicas"] = self.replicas
+        one_batch = len(sources) <= self.data_cfg.eval_batch_size
+        result["decode_replicas"] = 1 if one_batch else self.replicas
         result["hypotheses"] = hypotheses
         return result
 
     def _decode(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-        """Best-hypothesis ids per batch, decoded `self.replicas` batches at a time."""
-        if self.replicas == 1:
+        """Best-hypothesis ids per batch, decoded `self.replicas` batches at a time.
+
+        A single batch is decoded where it is (on every worker alike): spreading it would only
+        trace the decoder once per replica.
+        """
+        if self.replicas == 1 or len(batches) == 1:
             return [self._beam_fn(ids, lengths).numpy() for ids, lengths in batches]
         decoded = []
         for first in range(0, len(batches), self.replicas):

@@ -15,7 +15,12 @@ from tests import dataset_fixture
 
 pytestmark = pytest.mark.slow
 
-OVERRIDES = "train.train_steps=8,train.steps_per_loop=1,train.eval_every=1000,data.batch_size=16"
+# Test batches of 8: the 39 test sentences make 5 batches, so decoding takes rounds over both
+# workers and a last round where one worker's batch is a stand-in.
+OVERRIDES = (
+    "train.train_steps=8,train.steps_per_loop=1,train.eval_every=1000,data.batch_size=16,"
+    "data.eval_batch_size=8"
+)
 
 
 def _run(argv):
@@ -78,5 +83,5 @@ def test_two_workers_shard_the_input_decode_like_one_process_and_only_the_chief_
         ]
     )
     cluster, single = _translations(cluster_dir), _translations(single_dir)
-    assert len(single) > 30 and len(set(single)) > 1
+    assert len(single) > 30 and len(set(single)) >= 10, "too alike to show a misplaced one"
     assert cluster == single
