@@ -8,7 +8,7 @@ import tensorflow as tf
 from absl import logging
 
 from pipeline import config as config_lib
-from trainer import controller, history, plots
+from trainer import controller, distribution, history, plots
 
 
 class NonFiniteLossError(RuntimeError):
@@ -84,6 +84,10 @@ class EvaluateAction:
     def evaluate(self, split: str = "dev", limit: int = -1) -> dict:
         """Loss on the first `train.eval_loss_sentences` pairs of `split`, BLEU/chrF on beam
         search of its first `limit` (-1: all); logged, and written by the chief."""
+        with distribution.evaluation_scope(self.evaluator.strategy):  # TPU: on the host CPU
+            return self._evaluate(split, limit)
+
+    def _evaluate(self, split: str, limit: int) -> dict:
         step = self.state.step
         result = {"step": step, "split": split}
         result.update(self.evaluator.loss(split, self.train_cfg.eval_loss_sentences))

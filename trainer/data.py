@@ -9,9 +9,9 @@ in constant time.
 
 Two ways to form batches. Graph mode (the CPU/GPU default) sorts pools of examples by target and
 source length and pads each batch to its own longest side: the least padding, since every padded
-position still costs the RNNs work. A jit-compiled step instead needs few shapes, so there each
-batch is padded to one of `bucket_boundaries` (one XLA compile per bucket); with `static_shapes`
-(TPU) to the last boundary, so the dataset's element spec itself is fully static.
+position still costs the RNNs work. A jit-compiled step (XLA; always on a TPU) instead needs few,
+static shapes, so there each batch is padded to the smallest of `bucket_boundaries` that holds it
+and has exactly the batch size: one XLA compile per bucket, and short batches stay short.
 """
 
 import tensorflow as tf
@@ -103,10 +103,7 @@ def _examples(stream, longest: int, with_text: bool = False):
 
 def _pad(batch, length=None):
     """Ragged id rows -> dense, PAD after each row, to `length` (default: the longest row)."""
-    if isinstance(length, int):  # a static length stays in the element spec (TPU)
-        shape = [None, length]
-    else:
-        shape = None if length is None else tf.stack([-1, length])
+    shape = None if length is None else tf.stack([-1, length])
     return {
         key: value.to_tensor(vocab_lib.PAD_ID, shape=shape)
         if isinstance(value, tf.RaggedTensor)
@@ -120,15 +117,16 @@ def _fits(longest: int):
     return lambda x: tf.maximum(x[SOURCE_LENGTHS], x[TARGET_LENGTHS]) <= longest
 
 
-def bucket_and_pad(examples, boundaries, batch_size, drop_remainder, static_shapes):
-    """Groups examples by length bucket and pads each batch to its bucket's boundary.
+def bucket_and_pad(examples, boundaries, batch_size: int, drop_remainder: bool = True):
+    """Batches of `batch_size` pairs of one length bucket, each padded to its bucket's boundary.
 
-    Pairs longer than the last boundary are dropped (padding would cut them).
+    A batch holds pairs whose longer side fits the same smallest boundary, so every batch has one
+    of `len(boundaries)` shapes [batch_size, boundary]: an XLA step compiles once per bucket, not
+    once per batch, and pays for its own bucket's length rather than the longest. With
+    `drop_remainder` (training) the batch dimension is static in the element spec too, as XLA and
+    TPUs need. Pairs longer than the last boundary are dropped (padding would cut them).
     """
     examples = examples.filter(_fits(boundaries[-1]))
-    if static_shapes:
-        batches = examples.batch(batch_size, drop_remainder)
-        return batches.map(lambda batch: _pad(batch, boundaries[-1]))
     bounds = tf.constant(boundaries, tf.int32)
 
     def bucket_id(x):
@@ -139,7 +137,11 @@ def bucket_and_pad(examples, boundaries, batch_size, drop_remainder, static_shap
         batches = window.batch(batch_size, drop_remainder)
         return batches.map(lambda batch: _pad(batch, tf.gather(bounds, key)))
 
-    return examples.group_by_window(bucket_id, batch_bucket, window_size=batch_size)
+    def static_batch(batch):  # group_by_window forgets the batch dimension the windows had
+        return {k: tf.ensure_shape(v, [batch_size, *v.shape[1:]]) for k, v in batch.items()}
+
+    batches = examples.group_by_window(bucket_id, batch_bucket, window_size=batch_size)
+    return batches.map(static_batch) if drop_remainder else batches
 
 
 def sort_pools_and_pad(
@@ -203,7 +205,7 @@ def sort_pools_and_pad(
     return pools.enumerate(first_pool).map(sort_and_cut).unbatch().map(trim)
 
 
-def _bucketed_epochs(cfg: config_lib.DataConfig, share, seed, batch_size, static_shapes, first):
+def _bucketed_epochs(cfg: config_lib.DataConfig, share, seed, batch_size, first):
     """Endless bucketed batches from epoch `first.epoch` on, each with its `INPUT_POSITION`.
 
     Buckets fill across a whole epoch, so here positions count batches within their epoch and a
@@ -215,7 +217,7 @@ def _bucketed_epochs(cfg: config_lib.DataConfig, share, seed, batch_size, static
             lambda record: record[records.SERIALIZED]
         )
         examples = _examples(serialized, cfg.bucket_boundaries[-1])
-        batches = bucket_and_pad(examples, cfg.bucket_boundaries, batch_size, True, static_shapes)
+        batches = bucket_and_pad(examples, cfg.bucket_boundaries, batch_size)
 
         def with_position(rank, batch):
             zero = tf.constant(0, tf.int64)
@@ -237,7 +239,9 @@ def _replica_slices(dataset, replicas: int):
         def per_replica(key, value):
             if key == INPUT_POSITION:
                 return tf.tile(value[None], [replicas, 1])
-            return tf.reshape(value, tf.concat([[replicas, -1], tf.shape(value)[1:]], 0))
+            # A static batch stays static per replica (XLA and TPUs need it); else inferred.
+            rows = -1 if value.shape[0] is None else value.shape[0] // replicas
+            return tf.reshape(value, tf.concat([[replicas, rows], tf.shape(value)[1:]], 0))
 
         return tf.data.Dataset.from_tensor_slices(
             {key: per_replica(key, value) for key, value in batch.items()}
@@ -262,7 +266,7 @@ def make_train_dataset(
       input_context: this pipeline's place among the pipelines and replicas (None: one of each).
         The pipeline reads its share of the records, forms `batch_size / pipelines` rows per
         step and yields them as one slice per local replica.
-      static_shapes: pad every batch to the last bucket boundary (TPU).
+      static_shapes: static batch shapes (TPU): padded to length buckets like `pad_to_buckets`.
       resume_after: continue right after the batch at this position (None: the start). Costs
         re-reading at most one epoch of this pipeline's raw records, never earlier epochs.
       pad_to_buckets: pad to bucket boundaries (XLA) instead of length-sorted pools.
@@ -279,7 +283,7 @@ def make_train_dataset(
         records.shard_files(paths.DatasetLayout(cfg.data_dir), "train"), pipelines, pipeline
     )
     if pad_to_buckets or static_shapes or not cfg.sort_pool:
-        dataset = _bucketed_epochs(cfg, share, seed, batch_size, static_shapes, first)
+        dataset = _bucketed_epochs(cfg, share, seed, batch_size, first)
     else:
         stream = share.stream(seed, cfg.shuffle_buffer, first.epoch, first.record)
         examples = _examples(stream, cfg.bucket_boundaries[-1])

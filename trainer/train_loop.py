@@ -47,6 +47,8 @@ class Trainer:
     """Trains one experiment in one model directory, resuming from its latest checkpoint."""
 
     def __init__(self, cfg: config_lib.ExperimentConfig, model_dir: str, strategy):
+        # The global batch, XLA under TPUs and the encoder's LSTM follow from the strategy.
+        cfg = distribution.for_strategy(cfg, strategy)
         self.cfg = cfg
         self.strategy = strategy
         self.is_chief = distribution.is_chief(strategy)
