@@ -14,10 +14,14 @@ import time
 import numpy as np
 import sacrebleu
 import tensorflow as tf
+from absl import logging
 
 from pipeline import features
 from pipeline import vocab as vocab_lib
 from trainer import data
+
+# How often a long decode reports its progress.
+_PROGRESS_SECONDS = 30.0
 
 
 def strip_after_eos(ids: np.ndarray) -> list[int]:
@@ -114,17 +118,27 @@ class Evaluator:
     def translate_split(
         self, split: str, limit: int = -1
     ) -> tuple[list[str], list[str], list[str]]:
-        """(sources, hypotheses, references) for the first `limit` pairs of `split`."""
-        sources, references, batches = [], [], []
+        """(sources, hypotheses, references) for the first `limit` pairs of `split`, in order.
+
+        Sentences are decoded in batches of similar source length (`length_sorted_batches`):
+        a beam search runs as long as the longest source of its batch allows, so mixed batches
+        would make every short sentence pay for the longest. Hypotheses come back in split order.
+        """
+        sources, references, rows = [], [], []
         for batch in data.make_eval_dataset(self.data_cfg, split, limit, with_text=True):
-            batches.append((batch[data.SOURCE_IDS].numpy(), batch[data.SOURCE_LENGTHS].numpy()))
+            ids, lengths = batch[data.SOURCE_IDS].numpy(), batch[data.SOURCE_LENGTHS].numpy()
+            rows += [row[:length] for row, length in zip(ids, lengths, strict=True)]
             sources += [t.decode("utf-8") for t in batch[features.SOURCE_TEXT].numpy()]
             references += [t.decode("utf-8") for t in batch[features.TARGET_TEXT].numpy()]
-        hypotheses = []
-        for ids in self._decode(batches):
-            pieces = tf.ragged.constant([strip_after_eos(row) for row in ids], dtype=tf.int32)
+        order, batches = length_sorted_batches(rows, self.data_cfg.eval_batch_size)
+        hypotheses = [""] * len(rows)
+        decoded = (row for ids in self._decode(batches, split) for row in ids)
+        sorted_ids = [strip_after_eos(row) for row in decoded]
+        if sorted_ids:
+            pieces = tf.ragged.constant(sorted_ids, dtype=tf.int32)
             texts = self.target_tokenizer.detokenize(pieces).numpy()
-            hypotheses += [t.decode("utf-8") for t in texts]
+            for index, text in zip(order, texts, strict=True):
+                hypotheses[index] = text.decode("utf-8")
         return sources, hypotheses, references
 
     def quality(self, split: str = "dev", limit: int = -1) -> dict:
@@ -143,24 +157,26 @@ class Evaluator:
         result["hypotheses"] = hypotheses
         return result
 
-    def _decode(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    def _decode(self, batches: list[tuple[np.ndarray, np.ndarray]], split: str):
         """Best-hypothesis ids per batch, decoded `self.replicas` batches at a time.
 
         A single batch is decoded where it is (on every worker alike): spreading it would only
-        trace the decoder once per replica.
+        trace the decoder once per replica. Long decodes log their progress and an estimate of
+        the time left.
         """
+        progress = _Progress(split, sum(len(ids) for ids, _ in batches))
         if self.replicas == 1 or len(batches) == 1:
-            return [self._beam_fn(ids, lengths).numpy() for ids, lengths in batches]
-        decoded = []
+            for ids, lengths in batches:
+                yield self._beam_fn(ids, lengths).numpy()
+                progress.done(len(ids))
+            return
         for first in range(0, len(batches), self.replicas):
             group = batches[first : first + self.replicas]
             gathered = self._round_fn(*_stack_round(group, self.replicas)).numpy()
             blocks = gathered.reshape(self.replicas, -1, self._width)
-            decoded += [
-                block[: len(ids)]
-                for block, (ids, _) in zip(blocks[: len(group)], group, strict=True)
-            ]
-        return decoded
+            for block, (ids, _) in zip(blocks[: len(group)], group, strict=True):
+                yield block[: len(ids)]
+            progress.done(sum(len(ids) for ids, _ in group))
 
     def _decode_round(self, ids, lengths, rows):
         """Replica r decodes batch r of a stacked round; all hypotheses gathered everywhere.
@@ -188,6 +204,50 @@ class Evaluator:
 
         per_replica = self.strategy.run(replica_decode)
         return self.strategy.gather(per_replica, axis=0)
+
+
+def length_sorted_batches(rows: list[np.ndarray], batch_size: int):
+    """Source id rows -> (order, batches): batches of `batch_size` rows of similar length.
+
+    `order[i]` is the split index of the i-th row across the batches, so outputs can be put
+    back in split order. Each batch is (ids [rows, its longest], lengths [rows]), PAD-filled.
+    Longest first, so the slowest batches (and any memory limit) show at the start.
+    """
+    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i]), i))
+    batches = []
+    for first in range(0, len(order), batch_size):
+        chunk = [rows[i] for i in order[first : first + batch_size]]
+        lengths = np.array([len(row) for row in chunk], np.int32)
+        ids = np.full([len(chunk), max(lengths.max(), 1)], vocab_lib.PAD_ID, np.int32)
+        for r, row in enumerate(chunk):
+            ids[r, : len(row)] = row
+        batches.append((ids, lengths))
+    return order, batches
+
+
+class _Progress:
+    """Logs a long decode's progress about every `_PROGRESS_SECONDS`, with the time left."""
+
+    def __init__(self, split: str, total: int):
+        self.split, self.total, self.count = split, total, 0
+        self.started = self.last = time.time()
+
+    def done(self, sentences: int):
+        self.count += sentences
+        now = time.time()
+        if now - self.last < _PROGRESS_SECONDS or self.count >= self.total:
+            return
+        self.last = now
+        rate = self.count / (now - self.started)
+        logging.info(
+            "decoding %s: %d/%d sentences (%.0f%%), %.1f/s, about %.0f s left",
+            self.split,
+            self.count,
+            self.total,
+            100.0 * self.count / self.total,
+            rate,
+            (self.total - self.count) / rate,
+        )
 
 
 def _stack_round(group: list, replicas: int):
