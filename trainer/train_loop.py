@@ -17,7 +17,7 @@ from pipeline import config as config_lib
 from pipeline import metadata as metadata_lib
 from pipeline import paths, text
 from pipeline import vocab as vocab_lib
-from trainer import data, distribution, evaluation, plots, schedules, task
+from trainer import data, distribution, evaluation, plots, precision, schedules, task
 
 _METRICS = ("loss_sum", "nll_sum", "tokens", "source_tokens", "grad_norm", "nonfinite")
 
@@ -57,17 +57,16 @@ class Trainer:
                 f"data.batch_size={cfg.data.batch_size} must be divisible by the "
                 f"{replicas} replicas in sync."
             )
-        tf.keras.mixed_precision.set_global_policy(cfg.train.mixed_precision or "float32")
+        self.precision = precision.resolve(cfg.train.mixed_precision, strategy)
+        logging.info("Precision %s.", self.precision.reason)
+        tf.keras.mixed_precision.set_global_policy(self.precision.policy)
         with strategy.scope():
             self.model = task.build_model(cfg.model, self.metadata)
-            self.optimizer = schedules.build_optimizer(cfg.train)
+            self.optimizer = schedules.build_optimizer(cfg.train, self.precision.policy)
             self.task = task.TranslationTask(cfg, self.model, self.optimizer)
             self._build_variables()
-            self._float32_twin = self._build_float32_twin() if cfg.train.mixed_precision else None
+            self._float32_twin = self._build_float32_twin() if self.precision.is_mixed else None
             self.best_bleu = tf.Variable(-1.0, trainable=False, name="best_bleu")
-            self.live_sampling_probability = tf.Variable(
-                0.0, trainable=False, name="sampling_probability"
-            )
             self.nonfinite_steps = tf.Variable(0.0, trainable=False, name="nonfinite_steps")
         self.source_tokenizer = text.SubwordTokenizer(source_tokens)
         self.target_tokenizer = text.SubwordTokenizer(target_tokens)
@@ -76,7 +75,6 @@ class Trainer:
             model=self.model,
             optimizer=self.optimizer,
             best_bleu=self.best_bleu,
-            sampling_probability=self.live_sampling_probability,
             nonfinite_steps=self.nonfinite_steps,
         )
         self.manager = tf.train.CheckpointManager(
@@ -147,7 +145,7 @@ class Trainer:
                 "Resumed from %s at step %d (sampling probability %.4f, best dev BLEU %.2f).",
                 path,
                 self.step,
-                float(self.live_sampling_probability.numpy()),
+                float(self.task.sampling_probability(self.step)),
                 float(self.best_bleu.numpy()),
             )
             self._truncate_histories(self.step)
@@ -202,7 +200,6 @@ class Trainer:
             totals = tf.zeros([len(_METRICS)])
             for _ in tf.range(num_steps):
                 step = self.optimizer.iterations
-                self.live_sampling_probability.assign(self.task.sampling_probability(step))
                 per_replica = self.strategy.run(step_fn, args=(next(iterator), step))
                 totals += tf.stack(
                     [
@@ -381,7 +378,8 @@ class Trainer:
             "perplexity": round(float(tf.exp(min(nll, 50.0))), 2),
             "learning_rate": float(tf.keras.backend.get_value(self.optimizer.learning_rate)),
             "grad_norm": round(totals["grad_norm"] / num, 3),
-            "sampling_probability": round(float(self.live_sampling_probability.numpy()), 4),
+            # The schedule is a function of the step: the probability the last step used.
+            "sampling_probability": round(float(self.task.sampling_probability(step - 1)), 4),
             "steps_per_second": round(num / max(seconds, 1e-9), 2),
             "tokens_per_second": round(rate, 1),
         }
