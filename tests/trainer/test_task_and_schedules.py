@@ -158,7 +158,13 @@ def test_cross_entropy_is_float32_for_bfloat16_logits():
 LOSS_PATHS = {
     "boolean_mask": {},
     "dense_mask_for_xla": {"jit_compile": True},
-    "scheduled_sampling": {"sampling_probability": 0.5},
+    "parallel_sampling": {"sampling_probability": 0.5, "sampling_mode": "parallel"},
+    "parallel_sampling_xla": {
+        "sampling_probability": 0.5,
+        "sampling_mode": "parallel",
+        "jit_compile": True,
+    },
+    "sequential_sampling": {"sampling_probability": 0.5, "sampling_mode": "sequential"},
 }
 
 
@@ -166,7 +172,7 @@ LOSS_PATHS = {
 def test_loss_ignores_padding_and_positions_past_the_target_length(path):
     cfg = _config(**LOSS_PATHS[path])
     translation = task.TranslationTask(cfg, _model(cfg), optimizer=None)
-    training = path == "scheduled_sampling"
+    training = "sampling" in path
     batch = _batch()
     loss, tokens, nll = (x.numpy() for x in translation.loss(batch, 3, training))
     assert tokens == 11.0
@@ -191,8 +197,9 @@ def test_dense_and_boolean_mask_losses_agree():
     np.testing.assert_allclose([x.numpy() for x in dense], [x.numpy() for x in plain], rtol=1e-5)
 
 
-def test_sampling_schedule_reaches_the_loss_only_while_training():
-    cfg = _config(sampling_probability=1.0)
+@pytest.mark.parametrize("mode", ["parallel", "sequential"])
+def test_sampling_schedule_reaches_the_loss_only_while_training(mode):
+    cfg = _config(sampling_probability=1.0, sampling_mode=mode)
     translation = task.TranslationTask(cfg, _model(cfg), None)
     batch = _batch()
     forced = task.TranslationTask(_config(), translation.model, None)
