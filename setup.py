@@ -23,6 +23,8 @@ setuptools.setup(
         "pyyaml",
         "matplotlib<3.11",
     ],
+    # GPU hosts: the CUDA libraries as wheels. Pinned with the rest in requirements-gpu.lock.
+    extras_require={"gpu": ["tensorflow[and-cuda]==2.15.1"]},
     entry_points={
         "console_scripts": [
             "nmt-run=pipeline.run:main",

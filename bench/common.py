@@ -31,6 +31,14 @@ def ensure_dataset(data_dir: str) -> str:
     return data_dir
 
 
+def run_step(title: str, argv: list[str]) -> None:
+    """Runs one set-up step as a child process, with a line as it starts and ends."""
+    print(f"{title} ...", flush=True)
+    started = time.time()
+    subprocess.run(argv, check=True)
+    print(f"{title}: done in {time.time() - started:.0f} s", flush=True)
+
+
 def machine() -> dict:
     return {
         "cpus": os.cpu_count(),

@@ -1,19 +1,28 @@
-"""Decoding speed: sentences/s and target tokens/s, greedy and beam 4, live model and SavedModel.
+"""Decoding speed against OpenNMT-tf 2.32 on the same held-out sentences, greedy and beam 4.
 
-Restores a run's best checkpoint (else its latest) and translates the first `--limit` pairs of its
-test split, batched as evaluation batches them, four ways: the live Keras model's greedy decoding
-and beam search under `tf.function`, and SavedModels exported from the same weights. The serving
-signature always beam-searches, so the SavedModel's greedy row is beam search of width 1 (the
-same choices as greedy); SavedModel timings include the in-graph normalisation, tokenization and
-detokenization. Each variant is warmed up on one batch (tracing) before it is timed. Tokens are
-generated target pieces, EOS excluded; the SavedModel's are counted by re-tokenizing its output
-strings (exact whenever the output round-trips, as real translations do). Run it alone: other
-jobs on the cores skew the figures.
+Set-up, cached under --work (each step is skipped when its output exists):
+1. A dataset of the bundled corpus with 8% of the pairs held out as test (about 2,800 sentences;
+   the default 2.8% gives ~980), preprocessed by the project's Beam job.
+2. Our reference model trained on its train split for --our_minutes (model-Nmin/).
+3. OpenNMT-tf 2.32 (its own venv, see bench/opennmt_reference/README.md) trained on the same
+   train pairs for --onmt_steps, with SentencePiece 8k per side.
+Then both decode the same test sources in the same run, in length-sorted batches of
+--batch_size, with the same beam width, length penalty (0.6) and maximum length (80):
+- ours: the live model under `tf.function` (fused greedy and beam search, and TFA's beam search
+  as the previous path), and the exported SavedModel (raw strings in and out; beam 1 for greedy);
+- OpenNMT-tf: its model's serving function in-process (pieces in and out) and its exported
+  SavedModel (SentencePiece in Python around it).
+Each variant is warmed up on one batch, then timed over all. The table gives sentences/s, target
+pieces/s and BLEU (sacreBLEU against the references, so the two checkpoints' quality can be
+compared), and ours/OpenNMT-tf per sentence and per target piece for each matching row; then
+how often the fused and TFA's beam search agree on the same weights. Run it alone.
 
-  .venv/bin/python bench/decode.py --run_dir runs/main/model [--limit 200]
+  .venv/bin/python bench/decode.py                       # set-up once (~35 min alone), then ~8 min
+  .venv/bin/python bench/decode.py --limit 200 --our_minutes 1 --onmt_steps 200   # smoke run
 """
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -21,16 +30,46 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
 
 from bench import common  # noqa: E402
 from pipeline import config as config_lib  # noqa: E402
-from pipeline import features, paths  # noqa: E402
-from trainer import data, evaluation, export, train_loop  # noqa: E402
+from pipeline import console, paths  # noqa: E402
+from trainer import data, evaluate_main, evaluation, export, serving, train_loop  # noqa: E402
 
 BEAM_WIDTH = 4
+ONMT_DIR = os.path.join(common.REPO, "bench", "opennmt_reference")
+CACHE = os.path.join(os.path.dirname(console.CACHE_LOG_DIR))
 _ID_SPECS = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)]
+
+
+def prepare_dataset(work: str) -> str:
+    """The bundled corpus with 8% test, 2% dev (cached)."""
+    data_dir = os.path.join(work, "data")
+    if not os.path.exists(os.path.join(data_dir, "COMPLETED")):
+        common.run_step(
+            "Preprocessing the bundled corpus with 8% held out as test",
+            [sys.executable, "-m", "preprocessing.main", f"--input={common.BUNDLED_CORPUS}"]
+            + [f"--output_dir={data_dir}", "--overwrite", "--test_fraction=0.08"]
+            + ["--dev_fraction=0.02"],
+        )
+    return data_dir
+
+
+def train_ours(work: str, data_dir: str, minutes: float) -> str:
+    """Our reference model trained for `minutes` on the dataset (cached)."""
+    model_dir = os.path.join(work, f"model-{minutes:g}min")
+    if not os.path.exists(os.path.join(model_dir, "checkpoints", "checkpoint")):
+        overrides = f"train.max_train_seconds={minutes * 60:.0f},train.eval_every=1000000"
+        common.run_step(
+            f"Training our reference model for {minutes:g} minutes",
+            [sys.executable, "-m", "trainer.main", "--experiment=attention_seq2seq/base"]
+            + [f"--data_dir={data_dir}", f"--model_dir={model_dir}"]
+            + [f"--params_override={overrides}", "--noexport", "--noevaluate_test"],
+        )
+    return model_dir
 
 
 def load_trainer(run_dir: str) -> train_loop.Trainer:
@@ -50,96 +89,227 @@ def load_trainer(run_dir: str) -> train_loop.Trainer:
     return trainer
 
 
-def _time(decode_batch, batches) -> tuple[float, list[list[int]]]:
-    """Warms up on the first batch, then returns (seconds for all batches, pieces per sentence)."""
+def _timed(decode_batch, batches, order) -> tuple[float, list]:
+    """Warms up on the first batch, then returns (seconds for all batches, outputs).
+
+    The batches hold the sentences in `order`; the outputs come back in input order.
+    """
     decode_batch(batches[0])
     started = time.perf_counter()
-    outputs = [decode_batch(batch) for batch in batches]
+    outputs = [row for batch in batches for row in decode_batch(batch)]
     seconds = time.perf_counter() - started
-    return seconds, [row for output in outputs for row in output]
+    restored = [None] * len(order)
+    for position, index in enumerate(order):
+        restored[index] = outputs[position]
+    return seconds, restored
 
 
-def live_variants(trainer, batches) -> dict:
-    """{mode: (seconds, hypotheses as id lists)} for the in-process model."""
+def _id_batches(trainer, sources: list[str], order: list[int], batch_size: int):
+    """The encoder inputs of `sources` in `order`, as the export prepares them, batched."""
+    batches = []
+    for start in range(0, len(order), batch_size):
+        text = tf.constant([sources[i] for i in order[start : start + batch_size]])
+        pieces = trainer.source_tokenizer.tokenize(text)[:, : trainer.cfg.data.max_length]
+        batches.append(data.source_batch(pieces))
+    return batches
+
+
+def live_variants(trainer, sources, order, batch_size) -> dict:
+    """{variant: (seconds, hypotheses in `order`)} for the in-process model."""
     seq2seq = trainer.decoding_model()
-
-    @tf.function(input_signature=_ID_SPECS)
-    def greedy(source_ids, source_lengths):
-        ids, _, _ = seq2seq.greedy_decode(source_ids, source_lengths)
-        return ids
-
-    @tf.function(input_signature=_ID_SPECS)
-    def beam(source_ids, source_lengths):
-        ids, _, _ = seq2seq.beam_search(source_ids, source_lengths, beam_width=BEAM_WIDTH)
-        return ids[:, 0, :]
-
+    cfg = seq2seq.cfg
+    options = (BEAM_WIDTH, cfg.length_penalty, cfg.coverage_penalty, cfg.max_decode_length)
+    decoders = {
+        "greedy": lambda ids, lengths: seq2seq.greedy_decode(ids, lengths)[0],
+        f"beam{BEAM_WIDTH}": lambda ids, lengths: seq2seq.beam_search(ids, lengths, *options)[0][
+            :, 0
+        ],
+        f"beam{BEAM_WIDTH} (TFA)": lambda ids, lengths: seq2seq.tfa_beam_search(
+            ids, lengths, *options
+        )[0][:, 0],
+    }
+    batches = _id_batches(trainer, sources, order, batch_size)
     results = {}
-    for mode, fn in (("greedy", greedy), (f"beam{BEAM_WIDTH}", beam)):
+    for name, decoder in decoders.items():
+        fn = tf.function(decoder, input_signature=_ID_SPECS)
 
         def decode_batch(batch, fn=fn):
-            ids = fn(batch[data.SOURCE_IDS], batch[data.SOURCE_LENGTHS]).numpy()
-            return [evaluation.strip_after_eos(row) for row in ids]
+            ids = fn(*batch).numpy()
+            pieces = [evaluation.strip_after_eos(row) for row in ids]
+            text = trainer.target_tokenizer.detokenize(tf.ragged.constant(pieces, dtype=tf.int32))
+            return [t.decode("utf-8") for t in text.numpy()]
 
-        results[mode] = _time(decode_batch, batches)
+        results[name] = _timed(decode_batch, batches, order)
+        print(f"ours, in-process, {name}: {results[name][0]:.1f} s", flush=True)
     return results
 
 
-def saved_model_variants(trainer, batches, export_root: str) -> dict:
-    """{mode: (seconds, hypotheses as id lists)} for SavedModels of the trainer's weights."""
+def saved_model_variants(trainer, sources, order, batch_size, export_root) -> dict:
+    """{variant: (seconds, hypotheses in `order`)} for SavedModels of the trainer's weights."""
     results = {}
-    for mode, width in (("greedy", 1), (f"beam{BEAM_WIDTH}", BEAM_WIDTH)):
+    for name, width in (("greedy", 1), (f"beam{BEAM_WIDTH}", BEAM_WIDTH)):
         export_dir = export.export_saved_model(
-            trainer, os.path.join(export_root, mode), beam_width=width
+            trainer, os.path.join(export_root, name), beam_width=width
         )
-        signature = tf.saved_model.load(export_dir).signatures[export.SERVING_SIGNATURE]
+        signature = serving.load_translator(export_dir)
+        batches = [
+            [sources[i] for i in order[start : start + batch_size]]
+            for start in range(0, len(order), batch_size)
+        ]
 
         def decode_batch(batch, signature=signature):
-            return signature(sources=batch[features.SOURCE_TEXT])["translations"]
+            out = signature(sources=tf.constant(batch))["translations"].numpy()
+            return [t.decode("utf-8") for t in out]
 
-        seconds, translations = _time(decode_batch, batches)
-        pieces = trainer.target_tokenizer.tokenize(tf.stack(translations)).to_list()
-        results[mode] = (seconds, pieces)
+        results[name] = _timed(decode_batch, batches, order)
+        print(f"ours, SavedModel, {name}: {results[name][0]:.1f} s", flush=True)
     return results
+
+
+def agreement(trainer, sources, order, batch_size) -> dict:
+    """Fused against TFA's beam search on every sentence: same best translation, same scores."""
+    seq2seq = trainer.decoding_model()
+    cfg = seq2seq.cfg
+    options = (BEAM_WIDTH, cfg.length_penalty, cfg.coverage_penalty, cfg.max_decode_length)
+    fused = tf.function(lambda i, n: seq2seq.beam_search(i, n, *options), input_signature=_ID_SPECS)
+    tfa = tf.function(
+        lambda i, n: seq2seq.tfa_beam_search(i, n, *options), input_signature=_ID_SPECS
+    )
+    same_best = same_best_again = same_scores = ranked_again = total = 0
+    for batch in _id_batches(trainer, sources, order, batch_size):
+        (ids, scores, _), (ref_ids, ref_scores, ref_lengths) = fused(*batch), tfa(*batch)
+        best = [evaluation.strip_after_eos(row) for row in ids.numpy()[:, 0]]
+        ref_best = [evaluation.strip_after_eos(row) for row in ref_ids.numpy()[:, 0]]
+        same = np.array([a == b for a, b in zip(best, ref_best, strict=True)])
+        same_best += int(same.sum())
+        close = np.all(np.abs(scores.numpy() - ref_scores.numpy()) <= 1e-4, axis=1)
+        # TFA ranks a sentence's finished hypotheses once more only if its batch ran on.
+        again = ref_lengths.numpy().max(axis=1) < ref_ids.shape[2]
+        same_scores += int(close[again].sum())
+        same_best_again += int(same[again].sum())
+        ranked_again += int(again.sum())
+        total += len(best)
+    return {
+        "sentences": total,
+        "same_best_translation": round(same_best / total, 4),
+        "tfa_ranked_again": ranked_again,
+        "same_best_translation_where_tfa_ranked_again": round(
+            same_best_again / max(ranked_again, 1), 4
+        ),
+        "scores_within_1e-4_where_tfa_ranked_again": round(same_scores / max(ranked_again, 1), 4),
+    }
+
+
+def write_texts(work: str, data_dir: str, sources: list[str], references: list[str]) -> str:
+    """Plain-text train pairs (TSV, cached) and test sources/references for OpenNMT-tf."""
+    text_dir = os.path.join(work, "text")
+    os.makedirs(text_dir, exist_ok=True)
+    train_tsv = os.path.join(text_dir, "train.tsv")
+    if not os.path.exists(train_tsv):
+        train_sources, train_targets = evaluate_main.read_split(data_dir, "train")
+        with open(train_tsv + ".partial", "w", encoding="utf-8") as f:
+            f.writelines(f"{s}\t{t}\n" for s, t in zip(train_sources, train_targets, strict=True))
+        os.replace(train_tsv + ".partial", train_tsv)
+    for name, lines in (("test.en", sources), ("test.de", references)):
+        with open(os.path.join(text_dir, name), "w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in lines)
+    return text_dir
+
+
+def run_opennmt(args, text_dir: str, limit: int) -> dict:
+    """Trains (cached) and times OpenNMT-tf in its own venv; {variant: (seconds, hypotheses)}."""
+    python = os.path.join(args.onmt_venv, "bin", "python")
+    if not os.path.exists(python):
+        raise SystemExit(
+            f"No OpenNMT-tf venv at {python}: create it as bench/opennmt_reference/README.md "
+            "says, or pass --onmt_venv (or --skip_opennmt)."
+        )
+    with tempfile.TemporaryDirectory(prefix="bench-decode-onmt-") as out:
+        result_path = os.path.join(out, "results.json")
+        common.run_step(
+            "OpenNMT-tf: set-up (cached) and decoding",
+            [python, os.path.join(ONMT_DIR, "decode.py"), f"--work={args.onmt_work}"]
+            + [f"--train_tsv={os.path.join(text_dir, 'train.tsv')}"]
+            + [f"--sources={os.path.join(text_dir, 'test.en')}", f"--limit={limit}"]
+            + [f"--steps={args.onmt_steps}", f"--batch_size={args.batch_size}"]
+            + [f"--beam_width={BEAM_WIDTH}", f"--output={result_path}"],
+        )
+        with open(result_path, encoding="utf-8") as f:
+            return {name: tuple(value) for name, value in json.load(f).items()}
+
+
+def _rows(measured: dict, references: list[str], target_tokenizer) -> list[dict]:
+    rows = []
+    for (system, model, mode), (seconds, hypotheses) in measured.items():
+        pieces = target_tokenizer.tokenize(tf.constant(hypotheses)).row_lengths().numpy()
+        scores = evaluation.corpus_scores(hypotheses, references)
+        rows.append(
+            {
+                "system": system,
+                "model": model,
+                "mode": mode,
+                "sentences_per_second": round(len(hypotheses) / seconds, 1),
+                "pieces_per_second": round(int(pieces.sum()) / seconds, 1),
+                "bleu": scores["bleu"],
+                "seconds": round(seconds, 2),
+            }
+        )
+    reference = {(r["model"], r["mode"]): r for r in rows if r["system"] == "opennmt-tf"}
+    for row in rows:
+        other = reference.get((row["model"], row["mode"].replace(" (TFA)", "")))
+        if row["system"] == "ours" and other:
+            for unit in ("sentences", "pieces"):
+                row[f"{unit}_vs_opennmt"] = round(
+                    row[f"{unit}_per_second"] / other[f"{unit}_per_second"], 2
+                )
+    return rows
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run_dir", required=True, help="A trained model_dir (config.yaml).")
-    parser.add_argument("--limit", type=int, default=200, help="Test sentences to translate.")
-    args = parser.parse_args()
-    trainer = load_trainer(args.run_dir)
-    batches = list(data.make_eval_dataset(trainer.cfg.data, "test", args.limit, with_text=True))
-    sentences = sum(int(tf.shape(b[data.SOURCE_IDS])[0]) for b in batches)
-    print(f"step {trainer.step}: {sentences} test sentences in {len(batches)} batches")
-    with tempfile.TemporaryDirectory(prefix="bench-decode-") as export_root:
-        measured = {
-            "in_process": live_variants(trainer, batches),
-            "saved_model": saved_model_variants(trainer, batches, export_root),
-        }
-    rows = []
-    for model, by_mode in measured.items():
-        for mode, (seconds, hypotheses) in by_mode.items():
-            tokens = sum(len(h) for h in hypotheses)
-            rows.append(
-                {
-                    "model": model,
-                    "mode": mode,
-                    "sentences_per_second": round(sentences / seconds, 1),
-                    "tokens_per_second": round(tokens / seconds, 1),
-                    "tokens": tokens,
-                    "seconds": round(seconds, 3),
-                }
-            )
-    common.print_table(
-        rows, ["model", "mode", "sentences_per_second", "tokens_per_second", "tokens", "seconds"]
+    parser.add_argument("--work", default=os.path.join(common.REPO, "runs", "bench", "decode"))
+    parser.add_argument("--limit", type=int, default=0, help="Test sentences (0: all).")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--our_minutes", type=float, default=5.0, help="Our training budget.")
+    parser.add_argument("--onmt_steps", type=int, default=5000, help="OpenNMT-tf train steps.")
+    parser.add_argument("--onmt_venv", default=os.path.join(CACHE, "onmt-venv"))
+    parser.add_argument("--onmt_work", default=os.path.join(CACHE, "onmt-work", "decode"))
+    parser.add_argument("--skip_opennmt", action="store_true", help="Time ours only.")
+    parser.add_argument(
+        "--run_dir", help="Decode with this trained model_dir instead of training one."
     )
+    args = parser.parse_args()
+    data_dir = prepare_dataset(args.work)
+    trainer = load_trainer(args.run_dir or train_ours(args.work, data_dir, args.our_minutes))
+    sources, references = evaluate_main.read_split(data_dir, "test")
+    if args.limit:
+        sources, references = sources[: args.limit], references[: args.limit]
+    text_dir = write_texts(args.work, data_dir, sources, references)
+    order = serving.length_order(sources)
+    print(f"step {trainer.step}: {len(sources)} test sentences, batches of {args.batch_size}")
+    measured = {}
+    for mode, result in live_variants(trainer, sources, order, args.batch_size).items():
+        measured[("ours", "in_process", mode)] = result
+    with tempfile.TemporaryDirectory(prefix="bench-decode-") as export_root:
+        variants = saved_model_variants(trainer, sources, order, args.batch_size, export_root)
+    for mode, result in variants.items():
+        measured[("ours", "saved_model", mode)] = result
+    if not args.skip_opennmt:
+        for name, result in run_opennmt(args, text_dir, len(sources)).items():
+            model, mode = name.split("/")
+            measured[("opennmt-tf", model, mode)] = result
+    rows = _rows(measured, references, trainer.target_tokenizer)
+    columns = ["system", "model", "mode", "sentences_per_second", "pieces_per_second", "bleu"]
+    common.print_table(rows, [*columns, "seconds", "sentences_vs_opennmt", "pieces_vs_opennmt"])
+    agree = agreement(trainer, sources, order, args.batch_size)
+    print("fused vs TFA beam search:", json.dumps(agree))
     payload = {
-        "run_dir": os.path.abspath(args.run_dir),
         "step": trainer.step,
-        "sentences": sentences,
-        "batch_size": trainer.cfg.data.eval_batch_size,
+        "sentences": len(sources),
+        "batch_size": args.batch_size,
         "beam_width": BEAM_WIDTH,
         "results": rows,
+        "agreement_with_tfa": agree,
     }
     print("written", common.write_json("decode", payload))
 

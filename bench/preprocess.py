@@ -72,14 +72,12 @@ def _loop(input_path: str, output_dir: str) -> None:
                 )
                 pairs.append((split_name, result))
 
-    counter = vocabulary.CountWords()
     vocabs, vocab_info = {}, {}
     for side in vocabulary.SIDES:
-        chunks = counter.create_accumulator()
-        for split_name, pair in pairs:
-            if split_name == split.TRAIN:
-                chunks = counter.add_input(chunks, getattr(pair, side))
-        vocabs[side] = vocabulary.learn_vocabulary(counter.extract_output(chunks), config.vocab)
+        counts = vocabulary.count_words(
+            getattr(pair, side) for split_name, pair in pairs if split_name == split.TRAIN
+        )
+        vocabs[side] = vocabulary.learn_vocabulary(counts, config.vocab)
         tf.io.gfile.makedirs(os.path.dirname(layout.vocabulary(side)))
         vocab_lib.write_vocabulary(layout.vocabulary(side), vocabs[side])
         info = {"size": len(vocabs[side]), "fingerprint": vocab_lib.fingerprint(vocabs[side])}
@@ -131,7 +129,13 @@ def _loop(input_path: str, output_dir: str) -> None:
                     f.write(b"".join(value + b"\n" for value in shards[index]))
 
     metadata = summary.build_metadata(
-        read=read,
+        by_input={
+            input_path: {
+                "read": read,
+                "written": sum(len(by_file_set[name]) for name in paths.SPLITS),
+                "rejected": len(rejects),
+            }
+        },
         written={name: len(by_file_set[name]) for name in paths.SPLITS},
         rejected=collections.Counter(r.reason for r in rejects),
         vocabularies=vocab_info,

@@ -121,7 +121,7 @@ def run_one(args, marks: list[float], by_steps: bool) -> dict:
     return {
         "experiment": args.experiment,
         "params_override": args.params_override,
-        "precision": trainer.precision.policy,
+        "precision": trainer.cfg.train.mixed_precision,
         "replicas": strategy.num_replicas_in_sync,
         "test_sentences": result["sentences"],
         "longest_quarter_sentences": result["longest_quarter_sentences"],

@@ -6,7 +6,7 @@ would be submitted (secrets masked) to standard output and runs nothing.
 
   nmt-launch local --experiment=attention_seq2seq/tiny --data_dir=D --model_dir=M --num_workers=2
   nmt-launch kubernetes --dry_run --experiment=... --data_dir=gs://... --model_dir=gs://... \\
-      --job_name=nmt-base --image=REGISTRY/nmt-trainer:TAG --num_workers=4 --gpus=1
+      --job_name=nmt-base --image=REGISTRY/nmt-trainer-gpu:TAG --num_workers=4 --gpus=1
 """
 
 import argparse
@@ -18,12 +18,12 @@ import sys
 
 from launch import commands, dataflow, kubernetes, local, runner, tpu_vm, vertex
 from pipeline import config as config_lib
+from pipeline import console
 
 # RFC 1035 labels: Kubernetes, Cloud TPU and Dataflow names all take this form.
 _NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-_TPU_WORKERS = re.compile(r"all|\d+(,\d+)*")
 # A Kubernetes resource quantity, as the TFJob CRD's schema spells it.
 _QUANTITY = re.compile(
     r"(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
@@ -104,11 +104,14 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     p.add_argument("--tpu_name", required=True)
     p.add_argument("--zone", required=True)
     p.add_argument("--project", default="", help="Default: gcloud's configured project.")
-    p.add_argument("--accelerator_type", default="v4-32")
-    p.add_argument("--runtime_version", default="tpu-ubuntu2204-base")
-    p.add_argument("--worker", default="all", help="TPU VM workers that run the trainer.")
+    p.add_argument("--accelerator_type", default="v4-32", help="E.g. v4-8 (one host), v4-32.")
+    p.add_argument(
+        "--runtime_version",
+        default="",
+        help=f"TPU software version; default tpu-vm-tf-{tpu_vm.TENSORFLOW_VERSION}[-pod]-pjrt.",
+    )
     p.add_argument("--skip_create", action="store_true", help="Use an existing TPU VM.")
-    p.add_argument("--setup_command", default="", help="Shell line run on each worker first.")
+    p.add_argument("--setup_command", default="", help="Shell line worker 0 runs first.")
     _add_dry_run(p)
 
     p = sub.add_parser(
@@ -255,20 +258,30 @@ def _run_vertex(args) -> int:
 
 def _run_tpu(args) -> int:
     _check_name(args.tpu_name, "--tpu_name")
-    if not _TPU_WORKERS.fullmatch(args.worker):
-        raise _FlagError(f"--worker={args.worker!r} must be 'all' or worker numbers like 0,1.")
+    try:
+        tpu_vm.hosts(args.accelerator_type)
+    except ValueError as e:
+        raise _FlagError(f"--accelerator_type: {e}") from None
+    if args.runtime_version and not args.runtime_version.startswith("tpu-vm-tf-"):
+        raise _FlagError(
+            f"--runtime_version={args.runtime_version!r} carries no TensorFlow: use a "
+            "tpu-vm-tf-* software version (gcloud compute tpus tpu-vm versions list)."
+        )
     spec = tpu_vm.TpuVmSpec(
         name=args.tpu_name,
         zone=args.zone,
         project=args.project,
         accelerator_type=args.accelerator_type,
         runtime_version=args.runtime_version,
-        worker=args.worker,
         create=not args.skip_create,
         setup_command=args.setup_command,
         env=_parse_env(args.env),
     )
-    job = _trainer_job(args, num_workers=1, strategy="tpu", tpu=args.tpu_name)
+    job = _trainer_job(args, num_workers=1, strategy="tpu", tpu=spec.trainer_tpu)
+    if spec.multi_host:
+        # Every host of a slice reads its share of the input itself: paths must be shared.
+        _check_gcs(job.config.data.data_dir, "--data_dir (on a multi-host slice)")
+        _check_gcs(job.model_dir, "--model_dir (on a multi-host slice)")
     tpu_vm.submit(spec, job, dry_run=args.dry_run, out=sys.stdout)
     return 0
 
@@ -305,6 +318,7 @@ def run(argv: list[str] | None = None) -> int:
       The exit status: 0 on success, 2 for a bad flag, 1 when a step fails, or a failed local job's
       status.
     """
+    console.start_if_program("nmt-launch", __name__, run_dir_flag="--model_dir", native=False)
     logging.basicConfig(level=logging.INFO, format="nmt-launch: %(message)s")
     parser, subparsers = _build_parser()
     args, unknown = parser.parse_known_args(argv)

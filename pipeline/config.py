@@ -32,6 +32,11 @@ class DataConfig:
         (8, 12, 16, 20, 24, 32, 48, 72), "Padded lengths; each batch is padded to one of these."
     )
     batch_size: int = _field(64, "Global batch in sentence pairs (split across replicas).")
+    per_replica_batch_size: int = _field(
+        0,
+        "Sentence pairs per replica; > 0 sets the global batch (data.batch_size) to this times "
+        "the replicas in sync at start-up. 0 keeps data.batch_size as the global batch.",
+    )
     shuffle_buffer: int = _field(8192, "Examples in the shuffle buffer.")
     sort_pool: int = _field(
         32, "Batches per length-sorted pool; 0 pads to buckets (always so under XLA/TPU)."
@@ -62,6 +67,12 @@ class ModelConfig:
         False,
         "Weight-normalise the attention layer and the output projection's dense layer "
         "(tfa.layers.WeightNormalization).",
+    )
+    encoder_lstm: str = _field(
+        "auto",
+        "Encoder LSTM implementation, same weights and maths: 'fused' (hand-written loops; CPU, "
+        "XLA, TPU), 'keras' (tf.keras.layers.LSTM, which runs cuDNN on a GPU in graph mode), "
+        "'auto' (keras on GPUs without XLA, layer norm or bfloat16; else fused).",
     )
     tie_embeddings: bool = _field(False, "Share target embedding and softmax weights.")
     label_smoothing: float = _field(0.1, "Label smoothing of the training loss.")
@@ -298,6 +309,7 @@ def build_config(
 
 _CHOICES = {
     ("model", "attention"): ("luong", "bahdanau"),
+    ("model", "encoder_lstm"): ("auto", "fused", "keras"),
     ("train", "decay"): ("constant", "rsqrt"),
     ("train", "sampling_schedule"): ("constant", "linear", "exponential", "inverse_sigmoid"),
     ("train", "mixed_precision"): ("auto", "float32", "", "mixed_bfloat16", "mixed_float16"),
@@ -352,13 +364,25 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
             "runtime.cpu_replicas > 1 cannot run with train.jit_compile (XLA needs every "
             "variable of the step on one device); use 0 or 1"
         )
-    elif config.runtime.cpu_replicas > 1 and data.batch_size % config.runtime.cpu_replicas:
+    elif (
+        config.runtime.cpu_replicas > 1
+        and not data.per_replica_batch_size
+        and data.batch_size % config.runtime.cpu_replicas
+    ):
         problems.append(
             f"data.batch_size={data.batch_size} must be divisible by "
             f"runtime.cpu_replicas={config.runtime.cpu_replicas}"
         )
     if data.sort_pool < 0:
         problems.append("data.sort_pool must be >= 0")
+    if data.per_replica_batch_size < 0:
+        problems.append("data.per_replica_batch_size must be >= 0 (0: use data.batch_size)")
+    if model.encoder_lstm == "keras" and (model.layer_norm or train.jit_compile):
+        problems.append(
+            "model.encoder_lstm='keras' needs model.layer_norm=false (cuDNN has no layer norm) "
+            "and train.jit_compile=false (a Keras LSTM inside XLA recompiles every step; README, "
+            "\"Known traps\"); use 'fused' or 'auto'"
+        )
     if train.clip_norm < 0:
         problems.append("train.clip_norm must be >= 0")
     if train.sampling_schedule != "constant" and train.sampling_k <= (
@@ -371,7 +395,8 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
 
 
 # Fields a resumed run may change without breaking exact continuation: where things are
-# written, how long to run, and how often to log, save and evaluate.
+# written, how long to run, how often to log, save and evaluate, and which devices and kernels
+# compute the same maths.
 RESUME_SAFE_FIELDS = frozenset(
     {
         "data.data_dir",
@@ -383,6 +408,7 @@ RESUME_SAFE_FIELDS = frozenset(
         "train.keep_checkpoints",
         "train.eval_every",
         "train.eval_sentences",
+        "model.encoder_lstm",
         "runtime.strategy",
         "runtime.tpu",
     }

@@ -46,7 +46,7 @@ def clean_line(line: records.Line, max_chars: int, reverse: bool) -> records.Pai
         source, target = target, source
     if not source or not target:
         return reject(records.EMPTY_SIDE)
-    return records.Pair(source, target, line.origin, line.raw)
+    return records.Pair(source, target, line.origin, line.raw, line.split)
 
 
 def _clean(line, max_chars, reverse):
@@ -83,9 +83,18 @@ def origin_order(origin: str) -> tuple[str, int]:
     return (where, int(number)) if number.isdigit() else (origin, 0)
 
 
+# Of copies in different splits of an input that has its own splits, the held-out copy is kept:
+# a published test or dev set stays whole, and none of its pairs stays in train.
+_KEEP_FIRST = {"test": 0, "dev": 1}
+
+
+def _keep_order(pair: records.Pair):
+    return _KEEP_FIRST.get(pair.split, 2), origin_order(pair.origin)
+
+
 def _keep_first(key_and_pairs):
     _, pairs = key_and_pairs
-    first, *others = sorted(pairs, key=lambda pair: origin_order(pair.origin))
+    first, *others = sorted(pairs, key=_keep_order)
     yield first
     for pair in others:
         yield beam.pvalue.TaggedOutput(
@@ -96,8 +105,9 @@ def _keep_first(key_and_pairs):
 class DropDuplicates(beam.PTransform):
     """`Pair`s -> (unique `Pair`s, `Reject`s of the repeats).
 
-    The occurrence kept is the first by origin, so the result does not depend on the runner's
-    ordering; the others go to the rejects file pointing at their own lines.
+    The occurrence kept is one in a test, then dev split an input assigned, else the first by
+    origin, so the result does not depend on the runner's ordering; the others go to the
+    rejects file pointing at their own lines.
     """
 
     def expand(self, pairs):

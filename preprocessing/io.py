@@ -1,12 +1,18 @@
 """Readers: every kind of input becomes one PCollection of `records.Line`, one per input record.
 
 Text inputs are opened with Beam's `FileSystems`, so any filesystem Beam has a plugin for works
-(local, gs://, s3://, hdfs://) and `.gz`/`.bz2` files are decompressed by their extension. A file
-is read by one worker from start to end so every line keeps its number for the rejects file
-(give a large corpus as several files to read them in parallel); `ReadInputs` reshuffles
-afterwards so the rest of the job runs in parallel.
+(local, gs://, s3://, hdfs://) and `.gz`/`.bz2` files are decompressed by their extension. TSV
+files are read in parallel, a large uncompressed one in byte ranges, each line keeping its number
+for the rejects file (`preprocessing.ranges`); a compressed file, and each pair of aligned files,
+is read by one worker. `ReadInputs` reshuffles afterwards so the rest of the job runs in
+parallel.
+
+Each reader also says how many records it read from each input (`records.input_of`), on a
+second output: the job's accounting compares that, not a count taken downstream, with what was
+written and rejected, so a record lost anywhere after the reader is caught.
 """
 
+import collections
 import dataclasses
 import glob
 import itertools
@@ -16,9 +22,15 @@ import apache_beam as beam
 import tensorflow_datasets as tfds
 from apache_beam.io import fileio, filesystems
 
-from preprocessing import output_dir, records
+from pipeline import paths
+from preprocessing import output_dir, ranges, records
 
 TFDS_PREFIX = "tfds:"
+READ_COUNTS = "read_counts"
+# A TFDS split mapped to HASH is split by hash like an input without splits; SKIP is not read.
+HASH, SKIP = "hash", "skip"
+SPLIT_TARGETS = (*paths.SPLITS, HASH, SKIP)
+DEFAULT_TFDS_SPLITS = "train:train,validation:dev,test:test"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +50,21 @@ class AlignedFilesInput:
 
 @dataclasses.dataclass(frozen=True)
 class TfdsInput:
-    """A prepared TensorFlow Datasets translation set; all its splits are read."""
+    """A prepared TensorFlow Datasets translation set, read with its own splits.
+
+    Attributes:
+      name: `NAME[/CONFIG][:VERSION]`.
+      data_dir: Where it is prepared (TFDS' default directory if None).
+      splits: (TFDS split, job split) pairs: each TFDS split goes to 'train', 'dev' or 'test',
+        is split by hash ('hash') or is not read ('skip').
+    """
 
     name: str
     data_dir: str | None
+    splits: tuple[tuple[str, str], ...] = ()
+
+    def split_map(self) -> dict[str, str]:
+        return dict(self.splits or parse_split_map(DEFAULT_TFDS_SPLITS))
 
 
 InputSpec = TsvInput | AlignedFilesInput | TfdsInput
@@ -52,11 +75,30 @@ def _split_list(values: list[str] | None) -> list[str]:
     return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 
 
+def parse_split_map(value: str) -> tuple[tuple[str, str], ...]:
+    """Parses `--tfds_splits` (`tfds_split:job_split,...`).
+
+    Raises:
+      ValueError: naming a malformed entry or an unknown job split.
+    """
+    pairs = []
+    for entry in _split_list([value]):
+        tfds_split, _, job_split = entry.partition(":")
+        if not tfds_split or job_split not in SPLIT_TARGETS:
+            raise ValueError(
+                f"--tfds_splits entry {entry!r} must be TFDS_SPLIT:SPLIT with SPLIT one of "
+                f"{', '.join(SPLIT_TARGETS)}."
+            )
+        pairs.append((tfds_split.strip(), job_split))
+    return tuple(pairs)
+
+
 def parse_inputs(
     inputs: list[str] | None,
     source_inputs: list[str] | None = None,
     target_inputs: list[str] | None = None,
     tfds_data_dir: str | None = None,
+    tfds_splits: str = DEFAULT_TFDS_SPLITS,
 ) -> list[InputSpec]:
     """Turns the input flags into input specs.
 
@@ -65,17 +107,20 @@ def parse_inputs(
       source_inputs: `--source_input` values, paired in order with `target_inputs`.
       target_inputs: `--target_input` values.
       tfds_data_dir: Where TFDS sets are prepared (TFDS' default directory if None).
+      tfds_splits: `--tfds_splits`: what each TFDS split becomes.
 
     Returns:
       One spec per input, in flag order.
 
     Raises:
-      ValueError: no input at all, or source and target file lists of different lengths.
+      ValueError: no input at all, source and target file lists of different lengths, or a
+        malformed `tfds_splits`.
     """
     specs: list[InputSpec] = []
+    split_map = parse_split_map(tfds_splits)
     for value in _split_list(inputs):
         if value.startswith(TFDS_PREFIX):
-            specs.append(TfdsInput(value[len(TFDS_PREFIX) :], tfds_data_dir))
+            specs.append(TfdsInput(value[len(TFDS_PREFIX) :], tfds_data_dir, split_map))
         else:
             specs.append(TsvInput(value))
     sources, targets = _split_list(source_inputs), _split_list(target_inputs)
@@ -121,31 +166,49 @@ def _strip_newline(line: bytes) -> bytes:
     return line.rstrip(b"\n").rstrip(b"\r")
 
 
-def _read_tsv_file(readable: fileio.ReadableFile):
-    path = readable.metadata.path
-    with readable.open() as f:
-        for number, line in enumerate(iter(f.readline, b""), start=1):
-            raw = _strip_newline(line)
-            yield records.Line(f"{path}:{number}", raw, tuple(raw.split(b"\t")))
+def _counted(lines):
+    """Passes `lines` through, then yields how many came from each input on `READ_COUNTS`."""
+    counts = collections.Counter()
+    for line in lines:
+        counts[records.input_of(line.origin)] += 1
+        yield line
+    for source, count in counts.items():
+        yield beam.pvalue.TaggedOutput(READ_COUNTS, (source, count))
+
+
+def _tsv_line(path_number_line) -> records.Line:
+    path, number, line = path_number_line
+    raw = _strip_newline(line)
+    return records.Line(f"{path}:{number}", raw, tuple(raw.split(b"\t")))
 
 
 class ReadTsv(beam.PTransform):
-    """Reads one TSV path or glob; a pattern that matches nothing fails the job."""
+    """Reads one TSV path or glob; a pattern that matches nothing fails the job.
 
-    def __init__(self, pattern: str):
+    Files are read in parallel, and a large uncompressed file in ranges of `range_bytes` on many
+    workers (`preprocessing.ranges`), every line keeping its number. Outputs (lines, read
+    counts): `records.Line`s, and (input, records read) per file or range.
+    """
+
+    def __init__(self, pattern: str, range_bytes: int = ranges.DEFAULT_RANGE_BYTES):
         super().__init__()
         self._pattern = pattern
+        self._range_bytes = range_bytes
 
     def expand(self, pbegin):
-        return (
+        lines, counts = (
             pbegin
             | "Match" >> fileio.MatchFiles(self._pattern, fileio.EmptyMatchTreatment.DISALLOW)
-            | "Open" >> fileio.ReadMatches()
-            | "Lines" >> beam.FlatMap(_read_tsv_file)
+            | "Lines" >> ranges.ReadLines(self._range_bytes)
         )
+        return lines | "ToRecords" >> beam.Map(_tsv_line), counts
 
 
 def _read_aligned_files(spec: AlignedFilesInput):
+    return _counted(_aligned_lines(spec))
+
+
+def _aligned_lines(spec: AlignedFilesInput):
     """Pairs line n of both files; lines past the shorter file are rejected one by one."""
     with (
         filesystems.FileSystems.open(spec.source) as source,
@@ -177,18 +240,22 @@ def _read_aligned_files(spec: AlignedFilesInput):
 
 
 class ReadAlignedFiles(beam.PTransform):
-    """Reads a source file and a target file whose lines pair up one to one."""
+    """Reads a source file and a target file whose lines pair up one to one.
+
+    Outputs (lines, read counts), as `ReadTsv`.
+    """
 
     def __init__(self, spec: AlignedFilesInput):
         super().__init__()
         self._spec = spec
 
     def expand(self, pbegin):
-        return (
+        outputs = (
             pbegin
             | "Files" >> beam.Create([self._spec])
-            | "Lines" >> beam.FlatMap(_read_aligned_files)
+            | "Lines" >> beam.FlatMap(_read_aligned_files).with_outputs(READ_COUNTS, main="lines")
         )
+        return outputs.lines, outputs[READ_COUNTS]
 
 
 def translation_keys(info: tfds.core.DatasetInfo) -> tuple[str, str]:
@@ -209,28 +276,65 @@ def translation_keys(info: tfds.core.DatasetInfo) -> tuple[str, str]:
 class _ReadTfdsShardFn(beam.DoFn):
     """Reads one shard of one split of a prepared TFDS set."""
 
-    def __init__(self, name: str, data_dir: str | None):
-        self._name = name
-        self._data_dir = data_dir
+    def __init__(self, spec: TfdsInput):
+        self._spec = spec
         self._builder = None
 
     def setup(self):
-        self._builder = tfds.builder(self._name, data_dir=self._data_dir)
+        self._builder = tfds.builder(self._spec.name, data_dir=self._spec.data_dir)
 
     def process(self, split_and_shard: tuple[str, int]):
-        split, shard = split_and_shard
+        return _counted(self._examples(*split_and_shard))
+
+    def _examples(self, split: str, shard: int):
         source_key, target_key = translation_keys(self._builder.info)
+        job_split = self._spec.split_map()[split]
+        job_split = "" if job_split == HASH else job_split
         dataset = self._builder.as_dataset(split=f"{split}[{shard}shard]", shuffle_files=False)
         for index, example in enumerate(tfds.as_numpy(dataset)):
             fields = (example[source_key], example[target_key])
-            origin = f"{TFDS_PREFIX}{self._name}:{split}[{shard}shard]:{index}"
-            yield records.Line(origin, b"\t".join(fields), fields)
+            origin = f"{TFDS_PREFIX}{self._spec.name}:{split}[{shard}shard]:{index}"
+            yield records.Line(origin, b"\t".join(fields), fields, split=job_split)
+
+
+def tfds_splits_read(spec: TfdsInput, available: list[str]) -> list[str]:
+    """The set's splits the job reads, in name order; says what else it does with the mapping.
+
+    Raises:
+      ValueError: the set has a split the mapping does not name, or none that it reads.
+    """
+    split_map = spec.split_map()
+    unmapped = sorted(set(available) - set(split_map))
+    if unmapped:
+        raise ValueError(
+            f"TFDS set {spec.name} has split(s) {', '.join(unmapped)} that --tfds_splits does not "
+            f"map; map each to train, dev, test, hash or skip (e.g. --tfds_splits="
+            f"{','.join(f'{s}:{t}' for s, t in split_map.items())},{unmapped[0]}:skip)."
+        )
+    read = sorted(s for s in available if split_map[s] != SKIP)
+    if not read:
+        raise ValueError(f"--tfds_splits skips every split of TFDS set {spec.name}.")
+    given = {split_map[s] for s in read}
+    for held_out in paths.SPLITS[1:]:
+        if held_out not in given and HASH not in given:
+            logging.warning(
+                "TFDS set %s gives no %s split under --tfds_splits (its splits: %s): the %s "
+                "split will be empty unless another input fills it; map a split to hash to "
+                "carve it out by --%s_fraction.",
+                spec.name,
+                held_out,
+                ", ".join(sorted(available)),
+                held_out,
+                held_out,
+            )
+    return read
 
 
 class ReadTfds(beam.PTransform):
-    """Reads every split of a prepared TFDS translation set, one shard per work item.
+    """Reads a prepared TFDS translation set's splits as mapped, one shard per work item.
 
     The set's `dataset_info.json` is read when the pipeline is built, to list the shards.
+    Outputs (lines, read counts), as `ReadTsv`.
     """
 
     def __init__(self, spec: TfdsInput):
@@ -245,33 +349,46 @@ class ReadTfds(beam.PTransform):
                 f"{builder.data_dir}: prepare it there or pass --tfds_data_dir."
             )
         translation_keys(builder.info)
+        splits = builder.info.splits
         shards = [
             (split, shard)
-            for split, info in sorted(builder.info.splits.items())
-            for shard in range(len(info.shard_lengths))
+            for split in tfds_splits_read(self._spec, list(splits.keys()))
+            for shard in range(len(splits[split].shard_lengths))
         ]
-        return (
+        outputs = (
             pbegin
             | "Shards" >> beam.Create(shards)
-            | "Examples" >> beam.ParDo(_ReadTfdsShardFn(self._spec.name, self._spec.data_dir))
+            | "Examples"
+            >> beam.ParDo(_ReadTfdsShardFn(self._spec)).with_outputs(READ_COUNTS, main="lines")
         )
+        return outputs.lines, outputs[READ_COUNTS]
 
 
-def _reader(spec: InputSpec) -> beam.PTransform:
+def _reader(spec: InputSpec, range_bytes: int) -> beam.PTransform:
     if isinstance(spec, TsvInput):
-        return ReadTsv(spec.pattern)
+        return ReadTsv(spec.pattern, range_bytes)
     if isinstance(spec, AlignedFilesInput):
         return ReadAlignedFiles(spec)
     return ReadTfds(spec)
 
 
 class ReadInputs(beam.PTransform):
-    """Reads every input into one PCollection of `records.Line`, spread over the workers."""
+    """Reads every input; uncompressed text files larger than `range_bytes` are read in ranges.
 
-    def __init__(self, specs: list[InputSpec]):
+    Outputs (lines, read counts): one PCollection of `records.Line` spread over the workers, and
+    (input, records read) pairs, several per input when it was read in parts.
+    """
+
+    def __init__(self, specs: list[InputSpec], range_bytes: int = ranges.DEFAULT_RANGE_BYTES):
         super().__init__()
         self._specs = specs
+        self._range_bytes = range_bytes
 
     def expand(self, pbegin):
-        lines = [pbegin | f"Read{index}" >> _reader(spec) for index, spec in enumerate(self._specs)]
-        return lines | "Flatten" >> beam.Flatten() | "Spread" >> beam.Reshuffle()
+        outputs = [
+            pbegin | f"Read{index}" >> _reader(spec, self._range_bytes)
+            for index, spec in enumerate(self._specs)
+        ]
+        lines = [lines for lines, _ in outputs] | "Flatten" >> beam.Flatten()
+        counts = [counts for _, counts in outputs] | "AllCounts" >> beam.Flatten()
+        return lines | "Spread" >> beam.Reshuffle(), counts

@@ -17,12 +17,16 @@ import json
 import logging
 import time
 
-import apache_beam as beam
-from apache_beam.options import pipeline_options
+from pipeline import console
 
-from pipeline import metadata as metadata_lib
-from pipeline import paths, redact
-from preprocessing import dry_run, io, output_dir, pipeline_def, vocabulary
+console.start_if_program("nmt-preprocess", __name__)  # before Beam and TensorFlow are imported
+
+import apache_beam as beam  # noqa: E402
+from apache_beam.options import pipeline_options  # noqa: E402
+
+from pipeline import metadata as metadata_lib  # noqa: E402
+from pipeline import paths, redact  # noqa: E402
+from preprocessing import direct_runner, dry_run, io, output_dir, pipeline_def, vocabulary  # noqa: E402
 
 _DEFAULTS = pipeline_def.PreprocessConfig(inputs=())
 
@@ -46,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--source_input", action="append", help="Source side of line-aligned files; repeatable.")
     add("--target_input", action="append", help="Target side, one per --source_input, in order.")
     add("--tfds_data_dir", default=None, help="Where tfds: inputs are prepared (TFDS default).")
+    add(
+        "--tfds_splits",
+        default=io.DEFAULT_TFDS_SPLITS,
+        help="What each split of a tfds: input becomes: TFDS_SPLIT:SPLIT,... with SPLIT one of "
+        "train, dev, test, hash (split by --dev/test_fraction) or skip.",
+    )
     add("--reverse", action="store_true", help="Swap source and target of every input.")
     add("--output_dir", required=True, help="Dataset directory (local path or gs://...).")
     add("--overwrite", action="store_true", help="Replace an existing output directory.")
@@ -87,9 +97,28 @@ def _parser() -> argparse.ArgumentParser:
         default=_DEFAULTS.max_length_ratio,
         help="Largest longer/shorter length ratio in pieces (0: no limit).",
     )
-    add("--dev_fraction", type=float, default=_DEFAULTS.dev_fraction, help="Share in dev.")
-    add("--test_fraction", type=float, default=_DEFAULTS.test_fraction, help="Share in test.")
+    add(
+        "--dev_fraction",
+        type=float,
+        default=_DEFAULTS.dev_fraction,
+        help="Share of inputs without their own splits put in dev.",
+    )
+    add(
+        "--test_fraction",
+        type=float,
+        default=_DEFAULTS.test_fraction,
+        help="Share of inputs without their own splits put in test.",
+    )
     add("--num_shards", type=int, default=0, help="TFRecord shards per split (0: automatic).")
+    add("--log_dir", help=f"Directory of the full log (default: {console.CACHE_LOG_DIR}).")
+    add("--verbosity", type=int, default=0, help="1: print every library's log lines too.")
+    add(
+        "--input_range_mb",
+        type=float,
+        default=_DEFAULTS.input_range_bytes / 2**20,
+        help="Uncompressed text inputs larger than this are read in ranges of this many MiB by "
+        "parallel workers (compressed files are read whole).",
+    )
     add(
         "--dry_run",
         action="store_true",
@@ -99,7 +128,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> pipeline_def.PreprocessConfig:
-    inputs = io.parse_inputs(args.input, args.source_input, args.target_input, args.tfds_data_dir)
+    inputs = io.parse_inputs(
+        args.input, args.source_input, args.target_input, args.tfds_data_dir, args.tfds_splits
+    )
     return pipeline_def.PreprocessConfig(
         inputs=tuple(inputs),
         reverse=args.reverse,
@@ -109,6 +140,7 @@ def _config(args: argparse.Namespace) -> pipeline_def.PreprocessConfig:
         dev_fraction=args.dev_fraction,
         test_fraction=args.test_fraction,
         num_shards=args.num_shards,
+        input_range_bytes=round(args.input_range_mb * 2**20),
         vocab=vocabulary.VocabParams(
             size=args.vocab_size,
             shared=args.shared_vocab,
@@ -212,6 +244,7 @@ def run(argv: list[str] | None = None) -> None:
         staging,
         standard.runner,
     )
+    direct_runner.avoid_lossy_flush_race()
     try:
         with beam.Pipeline(options=options) as pipeline:
             pipeline_def.build(pipeline, config, paths.DatasetLayout(staging), settings, start)

@@ -6,6 +6,9 @@ ReadInputs -> CleanPairs -> DropDuplicates -> AssignSplits -> TokenizePairs -> F
                                                    (side input)                     |
 rejects of CleanPairs, DropDuplicates and FilterLengths --------------------> WriteFiles
 counts, fingerprint, histograms, vocabulary and file lists -> WriteMetadata (COMPLETED last)
+
+WriteMetadata first checks, per input, that records read = written + rejected, and that the
+files hold the records sent to them (`accounting`); if not, the job fails without COMPLETED.
 """
 
 import dataclasses
@@ -13,7 +16,18 @@ import dataclasses
 import apache_beam as beam
 
 from pipeline import paths
-from preprocessing import clean, encode, io, records, split, summary, vocabulary, write
+from preprocessing import (
+    accounting,
+    clean,
+    encode,
+    io,
+    ranges,
+    records,
+    split,
+    summary,
+    vocabulary,
+    write,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +44,8 @@ class PreprocessConfig:
       test_fraction: Share of source sentences in test.
       num_shards: TFRecord shards per split (0: automatic).
       vocab: How vocabularies are learned.
+      input_range_bytes: Uncompressed text inputs larger than this are read in ranges of this
+        size by parallel workers.
     """
 
     inputs: tuple[io.InputSpec, ...]
@@ -41,12 +57,15 @@ class PreprocessConfig:
     test_fraction: float = 0.03
     num_shards: int = 0
     vocab: vocabulary.VocabParams = vocabulary.VocabParams()
+    input_range_bytes: int = ranges.DEFAULT_RANGE_BYTES
 
     def __post_init__(self):
         split.check_fractions(self.dev_fraction, self.test_fraction)
         for name in ("max_chars", "num_shards", "max_length_ratio"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must not be negative, got {getattr(self, name)}.")
+        if self.input_range_bytes < 1:
+            raise ValueError("--input_range_mb must be positive.")
         if self.max_length < 1:
             raise ValueError(f"--max_length must be positive, got {self.max_length}.")
         if 0 < self.max_length_ratio < 1:
@@ -90,6 +109,10 @@ def _is_train(split_and_pair) -> bool:
     return split_and_pair[0] == split.TRAIN
 
 
+def _pair(tokenized: records.TokenizedPair) -> records.Pair:
+    return tokenized.pair
+
+
 def build(
     pipeline: beam.Pipeline,
     config: PreprocessConfig,
@@ -106,7 +129,9 @@ def build(
       settings: 'beam_options' and 'flags' recorded in metadata.json.
       start_time: `time.time()` when the job started, for 'elapsed_seconds'.
     """
-    lines = pipeline | "ReadInputs" >> io.ReadInputs(list(config.inputs))
+    lines, read_counts = pipeline | "ReadInputs" >> io.ReadInputs(
+        list(config.inputs), config.input_range_bytes
+    )
     pairs, malformed = lines | "CleanPairs" >> clean.CleanPairs(config.max_chars, config.reverse)
     unique, duplicates = pairs | "DropDuplicates" >> clean.DropDuplicates()
     split_pairs = unique | "AssignSplits" >> split.AssignSplits(
@@ -127,14 +152,23 @@ def build(
     examples = kept | "EncodeExamples" >> encode.EncodeExamples()
     rejects = (malformed, duplicates, length_rejects) | "AllRejects" >> beam.Flatten()
     formatted_rejects = rejects | "FormatRejects" >> beam.Map(_format_reject)
-    files = (
-        (examples, formatted_rejects)
-        | "AllRecords" >> beam.Flatten()
-        | "WriteFiles" >> write.WriteFileSets(file_sets(layout, config.num_shards))
-    )
+    sets = file_sets(layout, config.num_shards)
+    named_records = (examples, formatted_rejects) | "AllRecords" >> beam.Flatten()
+    files = named_records | "WriteFiles" >> write.WriteFileSets(sets)
+    accounts = (
+        read_counts | "SumRead" >> accounting.SumReadCounts(),
+        kept
+        | "KeptPairs" >> beam.Map(_pair)
+        | "WrittenByInput" >> accounting.CountByInput(accounting.WRITTEN),
+        rejects | "RejectedByInput" >> accounting.CountByInput(accounting.REJECTED),
+    ) | "Accounts" >> beam.Flatten()
 
     results = {
-        "read": lines | "CountRead" >> beam.combiners.Count.Globally(),
+        "accounts": accounts,
+        "sent_to_files": named_records
+        | "FileSetNames" >> beam.Keys()
+        | "CountSent" >> beam.combiners.Count.PerElement(),
+        "in_files": files | "CountInFiles" >> accounting.CountRecordsInFiles(sets),
         "input_fingerprint": lines
         | "FingerprintInput" >> beam.CombineGlobally(summary.InputFingerprint()),
         "written": examples

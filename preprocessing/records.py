@@ -29,6 +29,14 @@ REJECT_REASONS = (
 )
 
 
+def input_of(origin: str) -> str:
+    """The input of an origin: its file, or its TFDS split shard (`tfds:name:split[Nshard]`).
+
+    The job accounts for every record per input, so a loss is reported where it happened.
+    """
+    return origin.rpartition(":")[0]
+
+
 class Line(NamedTuple):
     """One input record as read.
 
@@ -37,21 +45,24 @@ class Line(NamedTuple):
       raw: The original bytes, both sides joined by a tab, for the rejects file.
       fields: The raw sides; a well-formed record has exactly two.
       error: A reject reason the reader already knows (an unpaired line of two files), or "".
+      split: The split the input put it in (a TFDS set's own splits), or "" to split by hash.
     """
 
     origin: str
     raw: bytes
     fields: tuple[bytes, ...]
     error: str = ""
+    split: str = ""
 
 
 class Pair(NamedTuple):
-    """A cleaned sentence pair: normalised source and target text."""
+    """A cleaned sentence pair: normalised source and target text, and its `Line.split`."""
 
     source: str
     target: str
     origin: str
     raw: bytes
+    split: str = ""
 
 
 class Reject(NamedTuple):

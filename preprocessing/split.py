@@ -1,4 +1,8 @@
-"""Train/dev/test assignment by a stable hash of the normalised source sentence.
+"""Train/dev/test assignment: the input's own split if it has one, else a stable hash.
+
+Inputs with their own splits (a TFDS set's train/validation/test, mapped by `--tfds_splits`)
+keep them, so published dev and test sets stay what they are. Every other pair is assigned by a
+stable hash of its normalised source sentence.
 
 Hashing the source (not the pair, not a random draw) keeps every pair that shares a source in one
 split, so a sentence with two translations cannot be in train and test at once. The hash is
@@ -46,7 +50,7 @@ def check_fractions(dev_fraction: float, test_fraction: float) -> None:
 
 
 class AssignSplits(beam.PTransform):
-    """`Pair`s -> (split name, `Pair`)."""
+    """`Pair`s -> (split name, `Pair`): `Pair.split`, or by hash where that is empty."""
 
     def __init__(self, dev_fraction: float, test_fraction: float):
         super().__init__()
@@ -59,4 +63,4 @@ class AssignSplits(beam.PTransform):
 
     @staticmethod
     def _keyed(pair: records.Pair, dev_fraction, test_fraction):
-        return assign_split(pair.source, dev_fraction, test_fraction), pair
+        return pair.split or assign_split(pair.source, dev_fraction, test_fraction), pair

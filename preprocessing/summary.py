@@ -2,7 +2,9 @@
 
 The statistics are Beam results, not runner metrics, so they are exact on every runner, and the
 final step runs only once every shard, vocabulary and rejects file has been written (it takes
-their paths as side inputs), so COMPLETED is the last file to appear.
+their paths as side inputs), so COMPLETED is the last file to appear. That step first checks
+that every record read was written or rejected (`preprocessing.accounting`) and fails the job
+if not.
 """
 
 import datetime
@@ -14,7 +16,7 @@ import tensorflow as tf
 
 from pipeline import features, paths
 from pipeline import metadata as metadata_lib
-from preprocessing import records, vocabulary
+from preprocessing import accounting, records, vocabulary
 
 _FINGERPRINT_MODULUS = 2**128
 
@@ -49,7 +51,7 @@ class LengthHistogram(beam.PTransform):
 
 def build_metadata(
     *,
-    read: int,
+    by_input: dict[str, dict[str, int]],
     written: dict[str, int],
     rejected: dict[str, int],
     vocabularies: dict[str, dict],
@@ -62,7 +64,7 @@ def build_metadata(
     """The metadata.json document (keys as `pipeline.metadata` readers expect).
 
     Args:
-      read: Input records read.
+      by_input: `accounting.by_input`: records read, written and rejected per input.
       written: Examples written per split (missing splits count 0).
       rejected: Rejects per reason (missing reasons count 0).
       vocabularies: side -> {'size', 'fingerprint'}.
@@ -79,9 +81,10 @@ def build_metadata(
     return {
         "schema_version": features.SCHEMA_VERSION,
         "counts": {
-            "read": read,
+            "read": sum(counts[accounting.READ] for counts in by_input.values()),
             "written": {split: written.get(split, 0) for split in paths.SPLITS},
             "rejected": {reason: rejected.get(reason, 0) for reason in records.REJECT_REASONS},
+            "by_input": by_input,
         },
         "vocab": {"shared": settings["shared_vocab"], **vocabularies},
         "max_length": settings["max_length"],
@@ -94,9 +97,12 @@ def build_metadata(
     }
 
 
-def _finish(_, layout: paths.DatasetLayout, settings, start_time, **results):
+def _finish(_, layout, settings, start_time, *, accounts, sent_to_files, in_files, **results):
     vocabulary.check_learned(results["vocabularies"])
+    table = accounting.by_input(accounts)
+    accounting.check(table, sent_to_files, in_files)
     metadata = build_metadata(
+        by_input=table,
         settings=settings,
         elapsed_seconds=time.time() - start_time,
         **results,
@@ -126,9 +132,11 @@ class WriteMetadata(beam.PTransform):
           layout: Where to write.
           settings: See `build_metadata`.
           start_time: `time.time()` when the job started.
-          results: PCollections: 'read' and 'input_fingerprint' (singletons), 'written' and
-            'rejected' ((key, count) pairs), 'vocabularies' ((side, info) pairs), 'histogram'
-            and 'files' ((file set, path) of every file written).
+          results: PCollections: 'input_fingerprint' (a singleton); 'written' and 'rejected'
+            ((split or reason, count) pairs); 'vocabularies' ((side, info) pairs);
+            'sent_to_files' and 'in_files' ((file set, records) pairs: sent to the sink, found
+            in its files); 'accounts' (((kind, input), count) entries of `accounting`);
+            'histogram'; 'files' ((file set, path) of every file written).
         """
         super().__init__()
         self._layout = layout
@@ -139,9 +147,9 @@ class WriteMetadata(beam.PTransform):
     def expand(self, pbegin):
         views = {}
         for name, pcoll in self._results.items():
-            if name in ("read", "input_fingerprint"):
+            if name == "input_fingerprint":
                 views[name] = beam.pvalue.AsSingleton(pcoll)
-            elif name in ("written", "rejected", "vocabularies"):
+            elif name in ("written", "rejected", "vocabularies", "sent_to_files", "in_files"):
                 views[name] = beam.pvalue.AsDict(pcoll)
             else:
                 views[name] = beam.pvalue.AsList(pcoll)

@@ -77,6 +77,7 @@ def _write_shard(key_and_records, file_sets: dict[str, FileSet], shard_counts):
                 writer.write(record)
     else:
         with tf.io.gfile.GFile(path, "wb") as f:
+            f.write(b"")  # GFile creates its file on the first write; an empty shard must exist.
             for record in present:
                 f.write(record + b"\n")
     return name, path

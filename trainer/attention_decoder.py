@@ -18,8 +18,9 @@ Under mixed precision the products run in the compute dtype and everything carri
 step (cell states, the attention vector, their gradients), the attention softmax and the bias
 and scale gradients stay in float32, as in `recurrent`.
 
-Inference (greedy, beam search) and the training configurations this kernel does not cover
-(Bahdanau attention, layer-normalised cells, sequential scheduled sampling) run TFA's decoder.
+Greedy and beam search step the same maths one position at a time (`decoder_step`). The
+training configurations this kernel does not cover (Bahdanau attention, layer-normalised cells,
+sequential scheduled sampling) run TFA's decoder.
 """
 
 from typing import NamedTuple

@@ -2,9 +2,9 @@
 
 Two ways to form batches. Graph mode (the CPU/GPU default) sorts pools of examples by target and
 source length and pads each batch to its own longest side: the least padding, since every padded
-position still costs the RNNs work. A jit-compiled step instead needs few shapes, so there each
-batch is padded to one of `bucket_boundaries` (one XLA compile per bucket); with `static_shapes`
-(TPU) to the last boundary, so the dataset's element spec itself is fully static.
+position still costs the RNNs work. A jit-compiled step (XLA; always on a TPU) instead needs few,
+static shapes, so there each batch is padded to the smallest of `bucket_boundaries` that holds it
+and has exactly the batch size: one XLA compile per bucket, and short batches stay short.
 """
 
 import tensorflow as tf
@@ -85,10 +85,7 @@ def _examples(records, longest: int, with_text: bool = False):
 
 def _pad(batch, length=None):
     """Ragged id rows -> dense, PAD after each row, to `length` (default: the longest row)."""
-    if isinstance(length, int):  # a static length stays in the element spec (TPU)
-        shape = [None, length]
-    else:
-        shape = None if length is None else tf.stack([-1, length])
+    shape = None if length is None else tf.stack([-1, length])
     return {
         key: value.to_tensor(vocab_lib.PAD_ID, shape=shape)
         if isinstance(value, tf.RaggedTensor)
@@ -102,15 +99,16 @@ def _fits(longest: int):
     return lambda x: tf.maximum(x[SOURCE_LENGTHS], x[TARGET_LENGTHS]) <= longest
 
 
-def bucket_and_pad(examples, boundaries, batch_size, drop_remainder, static_shapes):
-    """Groups examples by length bucket and pads each batch to its bucket's boundary.
+def bucket_and_pad(examples, boundaries, batch_size: int, drop_remainder: bool = True):
+    """Batches of `batch_size` pairs of one length bucket, each padded to its bucket's boundary.
 
-    Pairs longer than the last boundary are dropped (padding would cut them).
+    A batch holds pairs whose longer side fits the same smallest boundary, so every batch has one
+    of `len(boundaries)` shapes [batch_size, boundary]: an XLA step compiles once per bucket, not
+    once per batch, and pays for its own bucket's length rather than the longest. With
+    `drop_remainder` (training) the batch dimension is static in the element spec too, as XLA and
+    TPUs need. Pairs longer than the last boundary are dropped (padding would cut them).
     """
     examples = examples.filter(_fits(boundaries[-1]))
-    if static_shapes:
-        batches = examples.batch(batch_size, drop_remainder)
-        return batches.map(lambda batch: _pad(batch, boundaries[-1]))
     bounds = tf.constant(boundaries, tf.int32)
 
     def bucket_id(x):
@@ -121,7 +119,11 @@ def bucket_and_pad(examples, boundaries, batch_size, drop_remainder, static_shap
         batches = window.batch(batch_size, drop_remainder)
         return batches.map(lambda batch: _pad(batch, tf.gather(bounds, key)))
 
-    return examples.group_by_window(bucket_id, batch_bucket, window_size=batch_size)
+    def static_batch(batch):  # group_by_window forgets the batch dimension the windows had
+        return {k: tf.ensure_shape(v, [batch_size, *v.shape[1:]]) for k, v in batch.items()}
+
+    batches = examples.group_by_window(bucket_id, batch_bucket, window_size=batch_size)
+    return batches.map(static_batch) if drop_remainder else batches
 
 
 def sort_pools_and_pad(examples, batch_size: int, pool_batches: int, seed: int):
@@ -193,7 +195,9 @@ def _replica_slices(dataset, input_context: tf.distribute.InputContext):
     def split(batch):
         def per_replica(x):
             shape = tf.shape(x)
-            parts = tf.reshape(x, tf.concat([[pipelines * replicas, -1], shape[1:]], 0))
+            # A static batch stays static per replica (XLA and TPUs need it); else inferred.
+            rows = -1 if x.shape[0] is None else x.shape[0] // (pipelines * replicas)
+            parts = tf.reshape(x, tf.concat([[pipelines * replicas, rows], shape[1:]], 0))
             return parts[first : first + replicas]
 
         return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(per_replica, batch))
@@ -213,17 +217,15 @@ def make_train_dataset(
 
     Data order is a pure function of `seed`, so a run resumed at `start_step` skips exactly the
     global batches it consumed before. With an input context the dataset yields this pipeline's
-    per-replica batches. `pad_to_buckets` (XLA) pads to bucket boundaries, as does
-    `static_shapes` (TPU), to the last one.
+    per-replica batches. `pad_to_buckets` (XLA) and `static_shapes` (TPU) pad each batch to its
+    length bucket (`bucket_and_pad`).
     """
     layout = paths.DatasetLayout(cfg.data_dir)
     records = _records(layout, "train", shuffle=True, seed=seed)
     records = records.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     examples = _examples(records.repeat(), cfg.bucket_boundaries[-1])
     if pad_to_buckets or static_shapes:
-        dataset = bucket_and_pad(
-            examples, cfg.bucket_boundaries, cfg.batch_size, True, static_shapes
-        )
+        dataset = bucket_and_pad(examples, cfg.bucket_boundaries, cfg.batch_size)
     else:
         dataset = sort_pools_and_pad(examples, cfg.batch_size, cfg.sort_pool, seed)
     dataset = dataset.skip(start_step)

@@ -9,11 +9,12 @@ comparable with any other system's.
 """
 
 import json
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pipeline import console
 
-import tensorflow as tf  # noqa: E402  (after the log level is set)
+console.start_if_program("nmt-evaluate", __name__)  # before TensorFlow is imported
+
+import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from pipeline import features, paths  # noqa: E402

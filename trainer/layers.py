@@ -123,11 +123,52 @@ class CellSequence(tf.keras.layers.Layer):
         return outputs, h, c
 
 
-def build_sequence_lstm(units: int, layer_norm: bool, name: str, reverse: bool = False):
-    """The fused LSTM (hand-written backward pass), or TFA's layer-normalised cell."""
+class KerasLSTM(recurrent.FusedLSTM):
+    """`FusedLSTM`'s weights run by `tf.keras.layers.LSTM`, which on a GPU runs cuDNN's kernel.
+
+    Keras chooses cuDNN at run time when its conditions hold, and they do here: tanh and sigmoid
+    activations, no recurrent dropout (dropout acts between layers), masks right-padded with no
+    empty row (they come from lengths, and every source ends in EOS). Elsewhere (a CPU) Keras runs
+    its generic loop. The variables are the fused layer's own (names, shapes, gate order,
+    unit-forget bias), so checkpoints move between the two implementations. Never inside XLA: a
+    Keras LSTM under jit_compile recompiles every step (README, "Known traps").
+    """
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.keras_lstm = tf.keras.layers.LSTM(
+            self.units,
+            return_sequences=True,
+            return_state=True,
+            go_backwards=self.reverse,
+            zero_output_for_mask=True,  # as the fused layer and cuDNN: zeros past each length
+            name="keras_lstm",
+        )
+        cell = self.keras_lstm.cell
+        cell.kernel, cell.recurrent_kernel, cell.bias = (
+            self.kernel,
+            self.recurrent_kernel,
+            self.bias,
+        )
+        cell.built = True
+
+    def call(self, inputs, mask):
+        """Returns (outputs [B, T, units], final h, final c), as `FusedLSTM.call`."""
+        outputs, h, c = self.keras_lstm(inputs, mask=mask)
+        if self.reverse:  # Keras returns a backwards run's outputs last step first
+            outputs = tf.reverse(outputs, axis=[1])
+        return outputs, h, c
+
+
+def build_sequence_lstm(
+    units: int, layer_norm: bool, name: str, reverse: bool = False, keras_lstm: bool = False
+):
+    """The fused LSTM, its weights under Keras' LSTM (`keras_lstm`), or TFA's layer-norm cell."""
     if layer_norm:
         cell = tfa_lib.LayerNormLSTMCell(units, name="cell")
         return CellSequence(cell, reverse=reverse, name=name)
+    if keras_lstm:
+        return KerasLSTM(units, reverse=reverse, name=name)
     return recurrent.FusedLSTM(units, reverse=reverse, name=name)
 
 
@@ -135,7 +176,9 @@ class Encoder(tf.keras.layers.Layer):
     """GNMT-style encoder: bidirectional bottom layer, then unidirectional residual layers.
 
     The bottom layer runs units/2 per direction, so its concatenated output is `units` wide and
-    every upper layer can add a residual connection.
+    every upper layer can add a residual connection. `model.encoder_lstm` is the one switch
+    between the fused LSTM and Keras' cuDNN-capable one ('auto' is resolved with the strategy,
+    `distribution.resolve`; unresolved it means fused).
     """
 
     def __init__(self, cfg: config_lib.ModelConfig, vocab_size: int, **kw):
@@ -143,12 +186,15 @@ class Encoder(tf.keras.layers.Layer):
         self.cfg = cfg
         self.embedding = tf.keras.layers.Embedding(vocab_size, cfg.embedding_dim, name="embedding")
         half = cfg.units // 2
-        self.forward_layer = build_sequence_lstm(half, cfg.layer_norm, "forward")
+        keras_lstm = cfg.encoder_lstm == "keras"
+        self.forward_layer = build_sequence_lstm(
+            half, cfg.layer_norm, "forward", keras_lstm=keras_lstm
+        )
         self.backward_layer = build_sequence_lstm(
-            cfg.units - half, cfg.layer_norm, "backward", reverse=True
+            cfg.units - half, cfg.layer_norm, "backward", reverse=True, keras_lstm=keras_lstm
         )
         self.upper = [
-            build_sequence_lstm(cfg.units, cfg.layer_norm, f"layer_{i}")
+            build_sequence_lstm(cfg.units, cfg.layer_norm, f"layer_{i}", keras_lstm=keras_lstm)
             for i in range(1, cfg.encoder_layers)
         ]
 

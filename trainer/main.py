@@ -8,12 +8,16 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pipeline import console
 
-import tensorflow as tf  # noqa: E402  (after the log level is set)
+# Before TensorFlow is imported (see pipeline/console.py); the log goes to MODEL_DIR/logs.
+console.start_if_program("nmt-train", __name__, run_dir_flag="--model_dir")
+
+import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from pipeline import config as config_lib  # noqa: E402
+from pipeline import metadata as metadata_lib  # noqa: E402
 from pipeline import paths  # noqa: E402
 from trainer import averaging, distribution, export, plots, preemption, train_loop  # noqa: E402
 
@@ -87,7 +91,10 @@ def main(argv):
             if tf.io.gfile.exists(path):
                 logging.info("--restart: deleting %s", path)
                 tf.io.gfile.rmtree(path)
-    trainer = train_loop.Trainer(cfg, layout.root, strategy)
+    try:
+        trainer = train_loop.Trainer(cfg, layout.root, strategy)
+    except (config_lib.ConfigError, metadata_lib.DatasetError) as e:
+        raise app.UsageError(str(e)) from None
     stop = preemption.StopSignal()
     try:
         trainer.train(stop_requested=stop)

@@ -2,7 +2,8 @@
 
 `Seq2Seq` works on padded id batches; tokenization and BOS/EOS handling live in the input
 pipeline and the export module. Attention is TFA's `AttentionWrapper` over the top encoder layer
-with input feeding; decoding uses TFA's `BasicDecoder` and `BeamSearchDecoder`.
+with input feeding; decoding runs `beam_search` over `decoder_step` where that covers the model,
+else TFA's `BasicDecoder` and `BeamSearchDecoder`.
 """
 
 from typing import NamedTuple
@@ -11,7 +12,7 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import vocab as vocab_lib
-from trainer import attention_decoder, layers, sampling, tfa_lib
+from trainer import attention_decoder, beam_search, decoder_step, layers, sampling, tfa_lib
 
 
 class DecoderStart(NamedTuple):
@@ -188,7 +189,14 @@ class Seq2Seq(tf.keras.Model):
         return self._setup_attention(memory, lengths, batch, alignment_history)
 
     def greedy_decode(self, source_ids, source_lengths, max_length=None, alignment_history=False):
-        """Greedy translation: (ids [B, T], lengths [B], final decoder state)."""
+        """Greedy translation: (ids [B, T], lengths [B], final decoder state).
+
+        Runs `beam_search.greedy_decode` (no decoder state: None) where `decoder_step` covers
+        the model and no alignment history is asked for; else TFA's decoder.
+        """
+        if decoder_step.supports(self.cfg) and not alignment_history:
+            max_length = max_length or self.cfg.max_decode_length
+            return (*beam_search.greedy_decode(self, source_ids, source_lengths, max_length), None)
         initial_state = self._encode_for_decoding(source_ids, source_lengths, 1, alignment_history)
         batch = tf.shape(source_ids)[0]
         decoder = tfa_lib.BasicDecoder(
@@ -214,9 +222,24 @@ class Seq2Seq(tf.keras.Model):
         coverage_penalty=None,
         max_length=None,
     ):
-        """Beam search: (ids [B, beam, T], scores [B, beam], lengths [B, beam]), best first."""
+        """Beam search: (ids [B, beam, T], scores [B, beam], lengths [B, beam]), best first.
+
+        Runs `beam_search.beam_search` where `decoder_step` covers the model, else TFA's.
+        """
         cfg = self.cfg
         beam_width = beam_width or cfg.beam_width
+        length_penalty = cfg.length_penalty if length_penalty is None else length_penalty
+        coverage_penalty = cfg.coverage_penalty if coverage_penalty is None else coverage_penalty
+        max_length = max_length or cfg.max_decode_length
+        options = (beam_width, length_penalty, coverage_penalty, max_length)
+        if decoder_step.supports(cfg):
+            return beam_search.beam_search(self, source_ids, source_lengths, *options)
+        return self.tfa_beam_search(source_ids, source_lengths, *options)
+
+    def tfa_beam_search(
+        self, source_ids, source_lengths, beam_width, length_penalty, coverage_penalty, max_length
+    ):
+        """TFA's `BeamSearchDecoder` (the reference `beam_search.beam_search` is tested against)."""
         initial_state = self._encode_for_decoding(source_ids, source_lengths, beam_width, False)
         batch = tf.shape(source_ids)[0]
         decoder = tfa_lib.BeamSearchDecoder(
@@ -224,11 +247,9 @@ class Seq2Seq(tf.keras.Model):
             beam_width,
             embedding_fn=self.target_embedding,
             output_layer=self.projection,
-            length_penalty_weight=cfg.length_penalty if length_penalty is None else length_penalty,
-            coverage_penalty_weight=(
-                cfg.coverage_penalty if coverage_penalty is None else coverage_penalty
-            ),
-            maximum_iterations=max_length or cfg.max_decode_length,
+            length_penalty_weight=length_penalty,
+            coverage_penalty_weight=coverage_penalty,
+            maximum_iterations=max_length,
         )
         outputs, state, lengths = decoder(
             None,

@@ -39,19 +39,57 @@ def load_translator(model_dir: str):
     return tf.saved_model.load(model_dir).signatures[SIGNATURE]
 
 
+def length_order(sentences: list[str]) -> list[int]:
+    """Indices of `sentences` from shortest to longest (in words, then characters).
+
+    Batches of similar lengths pad less, and a batch's decoding lasts as long as its longest
+    translation, so sorted batches waste little of either.
+    """
+    return sorted(
+        range(len(sentences)), key=lambda i: (len(sentences[i].split()), len(sentences[i]))
+    )
+
+
+class _Progress:
+    """Logs progress with the rate and an ETA on long inputs, at most every `every` seconds."""
+
+    def __init__(self, total: int, every: float = 10.0):
+        self.total, self.every = total, every
+        self.started = self.last = time.time()
+        self.done = 0
+
+    def update(self, count: int) -> None:
+        self.done += count
+        now = time.time()
+        if self.done < self.total and now - self.last < self.every:
+            return
+        self.last = now
+        rate = self.done / max(now - self.started, 1e-9)
+        logging.info(
+            "translated %d/%d sentences, %.1f sentences/s, ETA %s",
+            self.done,
+            self.total,
+            rate,
+            time.strftime("%H:%M:%S", time.gmtime((self.total - self.done) / max(rate, 1e-9))),
+        )
+
+
 def translate(signature, sentences: list[str], batch_size: int = 32, n_best: int = 1):
-    """Yields (n-best list, best score) per sentence, in order, logging progress on long inputs."""
-    done, started = 0, time.time()
-    for start in range(0, len(sentences), batch_size):
-        batch = sentences[start : start + batch_size]
-        out = signature(sources=tf.constant(batch))
+    """(n-best list, best score) per sentence, in input order.
+
+    The model sees the sentences in length-sorted batches; results come back in input order.
+    """
+    order = length_order(sentences)
+    progress = _Progress(len(sentences)) if len(sentences) > batch_size else None
+    results = [None] * len(sentences)
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        out = signature(sources=tf.constant([sentences[i] for i in indices]))
         nbest = [[s.decode("utf-8") for s in row[:n_best]] for row in out["nbest"].numpy()]
-        yield from zip(nbest, out["scores"].numpy().tolist(), strict=True)
-        done += len(batch)
-        if len(sentences) > batch_size:
-            logging.info(
-                "%d/%d sentences, %.1f sentences/s",
-                done,
-                len(sentences),
-                done / (time.time() - started),
-            )
+        for i, hypotheses, score in zip(
+            indices, nbest, out["scores"].numpy().tolist(), strict=True
+        ):
+            results[i] = (hypotheses, score)
+        if progress:
+            progress.update(len(indices))
+    return results

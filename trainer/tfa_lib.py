@@ -35,7 +35,9 @@ class WeightNormalization(tfa.layers.WeightNormalization):
     Initialising at build (eagerly: the model's variables are created outside any step) makes
     the normalised kernel equal the wrapped layer's initial kernel, as TFA's `data_init=False`
     intends, before any step runs. Data-dependent initialisation is not offered: it would
-    depend on the first batch a replica sees.
+    depend on the first batch a replica sees. The wrapper accepts what the wrapped layer
+    accepts: TFA pins the input rank to the first call's, and the projection is also called on
+    [batch, beam, units] (TFA's beam search) and [batch, time, units] (the loss under XLA).
     """
 
     def __init__(self, layer, **kw):
@@ -43,6 +45,7 @@ class WeightNormalization(tfa.layers.WeightNormalization):
 
     def build(self, input_shape):
         super().build(input_shape)
+        self.input_spec = self.layer.input_spec
         with tf.init_scope():
             v = getattr(self.v, "_variable", self.v)  # float32, even inside a mixed layer's call
             self.g.assign(tf.norm(tf.reshape(v, [-1, self.layer_depth]), axis=0))

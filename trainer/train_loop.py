@@ -46,26 +46,21 @@ class Trainer:
     """Trains one experiment in one model directory, resuming from its latest checkpoint."""
 
     def __init__(self, cfg: config_lib.ExperimentConfig, model_dir: str, strategy):
+        # The global batch, XLA under TPUs and the encoder's LSTM follow from the strategy.
+        cfg = distribution.for_strategy(cfg, strategy)
         self.cfg = cfg
         self.strategy = strategy
         self.layout = paths.RunLayout(model_dir)
         self.is_chief = distribution.is_chief(strategy)
         self.metadata, source_tokens, target_tokens = load_dataset_contract(cfg.data)
-        replicas = strategy.num_replicas_in_sync
-        if cfg.data.batch_size % replicas:
-            raise config_lib.ConfigError(
-                f"data.batch_size={cfg.data.batch_size} must be divisible by the "
-                f"{replicas} replicas in sync."
-            )
-        self.precision = precision.resolve(cfg.train.mixed_precision, strategy)
-        logging.info("Precision %s.", self.precision.reason)
-        tf.keras.mixed_precision.set_global_policy(self.precision.policy)
+        policy = cfg.train.mixed_precision  # for_strategy chose it for 'auto', and logged why
+        tf.keras.mixed_precision.set_global_policy(policy)
         with strategy.scope():
             self.model = task.build_model(cfg.model, self.metadata)
-            self.optimizer = schedules.build_optimizer(cfg.train, self.precision.policy)
+            self.optimizer = schedules.build_optimizer(cfg.train, policy)
             self.task = task.TranslationTask(cfg, self.model, self.optimizer)
             self._build_variables()
-            self._float32_twin = self._build_float32_twin() if self.precision.is_mixed else None
+            self._float32_twin = self._build_float32_twin() if policy != precision.FLOAT32 else None
             self.best_bleu = tf.Variable(-1.0, trainable=False, name="best_bleu")
             self.nonfinite_steps = tf.Variable(0.0, trainable=False, name="nonfinite_steps")
         self.source_tokenizer = text.SubwordTokenizer(source_tokens)
@@ -302,6 +297,10 @@ class Trainer:
 
     def evaluate(self, split: str = "dev", limit: int = -1) -> dict:
         """Dev loss and beam-search BLEU; keeps the best-BLEU checkpoint on the chief."""
+        with distribution.evaluation_scope(self.strategy):  # TPU: on the host CPU
+            return self._evaluate(split, limit)
+
+    def _evaluate(self, split: str, limit: int) -> dict:
         started = time.time()
         result = {"step": self.step, "split": split}
         result.update(self.evaluator.loss(split))

@@ -4,10 +4,11 @@ Loads the model through `trainer.serving`, with plain TensorFlow plus TF Text's 
 the training code.
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pipeline import console
+
+console.start_if_program("nmt-translate", __name__)  # before TensorFlow is imported
 
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402

@@ -3,12 +3,14 @@
 # Usage: bench/opennmt_reference/measure.sh [STEPS] [REPORT] [SKIP]
 #   STEPS  training steps (default 300), REPORT  steps per window (default 25),
 #   SKIP   leading windows left out of the median (default 2).
-# Env: VENV (default /work/onmt-venv), WORK (default /work/onmt-work), SEED (default 1).
+# Env: VENV (default ~/.cache/nmt/onmt-venv), WORK (default ~/.cache/nmt/onmt-work), SEED (default 1);
+# the cache is $XDG_CACHE_HOME/nmt when XDG_CACHE_HOME is set.
 # Prints every window, then the median source+target tokens/s and steps/s of the rest.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 STEPS="${1:-300}" REPORT="${2:-25}" SKIP="${3:-2}"
-VENV="${VENV:-/work/onmt-venv}" WORK="${WORK:-/work/onmt-work}" SEED="${SEED:-1}"
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/nmt"
+VENV="${VENV:-$CACHE/onmt-venv}" WORK="${WORK:-$CACHE/onmt-work}" SEED="${SEED:-1}"
 
 [[ -f "$WORK/data/de.vocab" ]] || "$VENV/bin/python" "$HERE/prepare.py" --work "$WORK"
 

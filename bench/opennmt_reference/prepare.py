@@ -1,6 +1,7 @@
 """Data for the OpenNMT-tf reference run: SentencePiece 8k unigram per side, tokenized files.
 
-Runs in the separate OpenNMT-tf venv (see README.md). Writes to WORK/data/:
+Runs in the separate OpenNMT-tf venv (see README.md). Reads a TSV of pairs (gzip or plain; the
+bundled corpus by default) and writes to WORK/data/ (WORK defaults to ~/.cache/nmt/onmt-work):
 train.{en,de} and valid.{en,de} (pieces separated by spaces), {en,de}.model and
 {en,de}.vocab (OpenNMT vocabulary: <blank> <s> </s>, then the SentencePiece pieces).
 About 1 pair in 35 (by CRC32 of the line) is held out for validation.
@@ -17,8 +18,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SIDES = ("en", "de")
 
 
+CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "nmt")
+
+
 def read_pairs(path):
-    with gzip.open(path, "rt", encoding="utf-8") as f:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for line in f:
             cols = line.rstrip("\n").split("\t")
             if len(cols) == 2 and cols[0].strip() and cols[1].strip():
@@ -28,7 +33,7 @@ def read_pairs(path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", default=os.path.join(REPO, "data/en-de.libreoffice-help.tsv.gz"))
-    parser.add_argument("--work", default="/work/onmt-work")
+    parser.add_argument("--work", default=os.path.join(CACHE, "onmt-work"))
     parser.add_argument("--vocab_size", type=int, default=8000)
     parser.add_argument("--valid_mod", type=int, default=35, help="0 keeps every pair for train")
     args = parser.parse_args()

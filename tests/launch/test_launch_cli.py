@@ -6,6 +6,7 @@ fake modules, since neither a cloud nor google-cloud-aiplatform exists here.
 
 import json
 import logging
+import os
 import sys
 import tempfile
 import types
@@ -13,7 +14,7 @@ import types
 import pytest
 import yaml
 
-from launch import main
+from launch import main, tpu_vm
 
 _TRAINER = ["--experiment=attention_seq2seq/tiny", "--data_dir=gs://b/data"]
 _BACKENDS = {
@@ -78,7 +79,9 @@ _BAD_FLAGS = [
     (_BACKENDS["vertex"] + ["--base_output_dir=/local"], "--base_output_dir='/local'"),
     (_BACKENDS["vertex"] + ["--accelerator_type=NVIDIA_TESLA_T4"], "--accelerator_count"),
     (_BACKENDS["tpu"] + ["--tpu_name=-x"], "--tpu_name"),
-    (_BACKENDS["tpu"] + ["--worker=first"], "--worker='first'"),
+    (_BACKENDS["tpu"] + ["--accelerator_type=v9x-8"], "--accelerator_type: accelerator type"),
+    (_BACKENDS["tpu"] + ["--runtime_version=tpu-ubuntu2204-base"], "carries no TensorFlow"),
+    (_BACKENDS["tpu"] + ["--data_dir=/local/data"], "--data_dir (on a multi-host slice)"),
     (_DATAFLOW + ["--temp_location=/tmp"], "--temp_location='/tmp' must be a gs:// path"),
     (_DATAFLOW + ["--setup_file=/no/setup.py"], "--setup_file"),
 ]
@@ -196,3 +199,26 @@ def test_vertex_uploads_the_config_and_creates_the_printed_job(monkeypatch, caps
         in printed["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]["args"]
     )
     assert "data_dir: gs://b/data" in text
+
+
+def test_tpu_runtime_carries_the_locked_tensorflow_and_one_host_runs_locally(capsys):
+    """The software version names the TensorFlow of requirements.lock; v4-8 needs no gs:// paths."""
+    lock = os.path.join(os.path.dirname(__file__), "..", "..", "requirements.lock")
+    with open(lock, encoding="utf-8") as f:
+        locked = next(line.split("==")[1].strip() for line in f if line.startswith("tensorflow=="))
+    assert locked == tpu_vm.TENSORFLOW_VERSION
+    argv = ["tpu", "--dry_run", "--experiment=attention_seq2seq/tiny", "--data_dir=/data"]
+    argv += ["--model_dir=/runs", "--tpu_name=one", "--zone=z", "--accelerator_type=v4-8"]
+    assert main.run(argv) == 0
+    create, scp, ssh = capsys.readouterr().out.splitlines()
+    assert f"--version=tpu-vm-tf-{locked}-pjrt" in create
+    assert "--tpu=local" in ssh and "--worker=0" in scp and "--worker=0" in ssh
+
+
+@pytest.mark.parametrize(
+    "accelerator, hosts",
+    [("v2-8", 1), ("v3-32", 4), ("v4-8", 1), ("v4-32", 4), ("v5litepod-16", 2)],
+)
+def test_tpu_host_count_picks_the_pod_software_version(accelerator, hosts):
+    assert tpu_vm.hosts(accelerator) == hosts
+    assert ("-pod-" in tpu_vm.default_runtime_version(accelerator)) == (hosts > 1)

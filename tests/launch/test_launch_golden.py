@@ -9,11 +9,12 @@ intended change, regenerate the files and review the diff before committing:
 import json
 import os
 import shlex
+import tempfile
 
 import pytest
 import yaml
 
-from launch import commands, dataflow, kubernetes, tpu_vm, vertex
+from launch import commands, dataflow, kubernetes, main, vertex
 
 GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 
@@ -70,17 +71,31 @@ def test_custom_job(gpu_job):
     _check_golden("custom_job.json", f"POST {vertex.request_url(spec)}\n{body}\n")
 
 
-def test_tpu_commands():
-    job = commands.build_trainer_job(
-        "attention_seq2seq/tiny",
-        "gs://nmt-bucket/runs/tpu",
-        data_dir="gs://nmt-bucket/data/en-de",
-        strategy="tpu",
-        tpu="nmt-v4",
-    )
-    spec = tpu_vm.TpuVmSpec(name="nmt-v4", zone="us-central2-b", project="proj")
-    steps = tpu_vm.render_commands(spec, job, "/tmp/nmt-launch-nmt-v4/config.yaml")
-    _check_golden("tpu_commands.sh", "".join(shlex.join(argv) + "\n" for argv in steps))
+# The TPU goldens are the commands Google documents for TensorFlow 2.15 on Cloud TPU VMs (see
+# launch/README.md, "Cloud TPU VM"): the software version per "TPU software versions",
+# https://cloud.google.com/tpu/docs/runtimes (tpu-vm-tf-x.y.z[-pod][-pjrt], -pod on multi-host
+# slices); the trainer's environment and hosts as Google's own TPU test harness runs TensorFlow,
+# GoogleCloudPlatform/ml-auto-solutions: dags/solutions_team/configs/tensorflow/
+# solutionsteam_tf_nightly_supported_config.py (one host: --tpu=local and the PJRT variables; a pod
+# slice: TPU_LOAD_LIBRARY=0, --tpu=<name>, run on worker 0 only) and xlml/utils/tpu.py (ssh_tpu).
+_TPU_ARGV = [
+    "tpu",
+    "--dry_run",
+    "--experiment=attention_seq2seq/tiny",
+    "--data_dir=gs://nmt-bucket/data/en-de",
+    "--model_dir=gs://nmt-bucket/runs/tpu",
+    "--zone=us-central2-b",
+    "--project=proj",
+    "--setup_command=pip install --no-deps ./nmt",
+]
+
+
+@pytest.mark.parametrize("accelerator", ["v4-8", "v4-32"])
+def test_tpu_dry_run_renders_the_documented_commands(accelerator, capsys, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", "/tmp")  # the local config's path is printed
+    argv = _TPU_ARGV + [f"--accelerator_type={accelerator}", f"--tpu_name=nmt-{accelerator}"]
+    assert main.run(argv) == 0
+    _check_golden(f"tpu_{accelerator}_commands.sh", capsys.readouterr().out)
 
 
 def test_dataflow_argv():

@@ -106,13 +106,13 @@ def dirty_corpus(tmp_path_factory):
 
 
 class PreprocessingTestTranslate(tfds.core.GeneratorBasedBuilder):
-    """A two-split English-German set built from TSV files in the manual directory."""
+    """A three-split English-German set built from TSV files in the manual directory."""
 
     VERSION = tfds.core.Version("1.0.0")
     # TFDS 4.9.10 finds a builder's source through `importlib_resources`, which it declares only
     # for Python < 3.9 (so it is not installed); naming this file directly skips that lookup.
     code_path = epath.Path(__file__)
-    MANUAL_DOWNLOAD_INSTRUCTIONS = "Put train.tsv and validation.tsv in the manual directory."
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Put train.tsv, validation.tsv and test.tsv in the manual dir."
 
     def _info(self):
         return self.dataset_info_from_configs(
@@ -123,7 +123,7 @@ class PreprocessingTestTranslate(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         return {
             split: self._generate_examples(os.path.join(dl_manager.manual_dir, f"{split}.tsv"))
-            for split in ("train", "validation")
+            for split in TFDS_SPLITS
         }
 
     def _generate_examples(self, path):
@@ -136,12 +136,25 @@ class PreprocessingTestTranslate(tfds.core.GeneratorBasedBuilder):
 TFDS_NAME = "preprocessing_test_translate"
 
 
+def tfds_split_pairs() -> dict[str, list[tuple[str, str]]]:
+    """The set's pairs by split: validation and test each repeat a training pair, as real sets
+    can; the repeats come first in name order ("test" < "train" < "validation") only once."""
+    pairs = clean_pairs(46)
+    return {
+        "train": pairs[:30],
+        "validation": [pairs[1], *pairs[30:40]],
+        "test": [pairs[0], *pairs[40:]],
+    }
+
+
+TFDS_SPLITS = tuple(tfds_split_pairs())
+
+
 @pytest.fixture(scope="session")
 def tfds_data_dir(tmp_path_factory):
-    """A prepared TFDS data_dir holding `TFDS_NAME` (30 train, 10 validation pairs), offline."""
+    """A prepared TFDS data_dir holding `TFDS_NAME` (30 train, 11 validation, 7 test pairs)."""
     manual = tmp_path_factory.mktemp("tfds_manual")
-    pairs = clean_pairs(40)
-    for name, chunk in (("train", pairs[:30]), ("validation", pairs[30:])):
+    for name, chunk in tfds_split_pairs().items():
         (manual / f"{name}.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in chunk))
     data_dir = str(tmp_path_factory.mktemp("tfds_data"))
     builder = tfds.builder(TFDS_NAME, data_dir=data_dir)

@@ -1,5 +1,6 @@
 """Readers: every input record becomes one Line with its origin, whatever the input kind."""
 
+import dataclasses
 import gzip
 
 import apache_beam as beam
@@ -17,7 +18,7 @@ def test_parse_inputs_accepts_repeats_commas_pairs_and_tfds():
     assert specs == [
         io.TsvInput("a.tsv"),
         io.TsvInput("b/*.tsv.gz"),
-        io.TfdsInput("wmt14_translate/de-en", "/data"),
+        io.TfdsInput("wmt14_translate/de-en", "/data", io.parse_split_map(io.DEFAULT_TFDS_SPLITS)),
         io.AlignedFilesInput("x.en", "x.de"),
     ]
 
@@ -35,12 +36,17 @@ def test_missing_local_input_fails_before_the_job(tmp_path):
     io.check_local_inputs([io.TsvInput("gs://bucket/not-checked-from-here.tsv")])
 
 
-def test_read_tsv_numbers_lines_and_keeps_raw_bytes(tmp_path):
-    path = tmp_path / "in.tsv.gz"
-    with gzip.open(path, "wb") as f:
+@pytest.mark.parametrize("name, range_bytes", [("in.tsv.gz", 4), ("in.tsv", 4), ("in.tsv", 100)])
+def test_read_tsv_numbers_lines_and_keeps_raw_bytes(tmp_path, name, range_bytes):
+    """Compressed, cut into 4-byte ranges (several per line), or read whole: the same lines."""
+    path = tmp_path / name
+    with (gzip.open if name.endswith(".gz") else open)(path, "wb") as f:
         f.write(b"a\tb\r\nbad \xff\tx\nno tab\n\tlast")
     with test_pipeline.TestPipeline() as p:
-        lines = p | io.ReadTsv(str(tmp_path / "*.tsv.gz"))
+        lines, counts = p | io.ReadTsv(str(tmp_path / "in.tsv*"), range_bytes)
+        util.assert_that(
+            counts | beam.CombinePerKey(sum), util.equal_to([(str(path), 4)]), label="CheckCounts"
+        )
         util.assert_that(
             lines,
             util.equal_to(
@@ -61,8 +67,12 @@ def test_read_aligned_files_marks_every_unpaired_line(tmp_path):
     spec = io.AlignedFilesInput(str(source), str(target))
     mismatch = records.LINE_COUNT_MISMATCH
     with test_pipeline.TestPipeline() as p:
+        lines, counts = p | io.ReadAlignedFiles(spec)
         util.assert_that(
-            p | io.ReadAlignedFiles(spec),
+            counts, util.equal_to([(str(source), 2), (str(target), 2)]), label="CheckCounts"
+        )
+        util.assert_that(
+            lines,
             util.equal_to(
                 [
                     records.Line(f"{source}:1", b"one\teins", (b"one", b"eins")),
@@ -74,20 +84,64 @@ def test_read_aligned_files_marks_every_unpaired_line(tmp_path):
         )
 
 
-def test_read_tfds_reads_every_split_of_a_real_prepared_set(tfds_data_dir):
-    spec = io.TfdsInput(conftest.TFDS_NAME, tfds_data_dir)
-    expected = {f"{s}\t{t}".encode() for s, t in conftest.clean_pairs(40)}
+def _origin_and_split(line):
+    return line.origin.rsplit(":", 1)[0], line.split
+
+
+def test_read_tfds_keeps_the_sets_own_splits(tfds_data_dir):
+    spec = io.parse_inputs([f"tfds:{conftest.TFDS_NAME}"], tfds_data_dir=tfds_data_dir)[0]
+    pairs = conftest.tfds_split_pairs()
+    expected = [f"{s}\t{t}".encode() for chunk in pairs.values() for s, t in chunk]
+    prefix = f"tfds:{conftest.TFDS_NAME}"
     with test_pipeline.TestPipeline() as p:
-        lines = p | io.ReadInputs([spec])
+        lines, counts = p | io.ReadInputs([spec])
         util.assert_that(lines | beam.Map(lambda line: line.raw), util.equal_to(expected))
         util.assert_that(
-            lines | "Origins" >> beam.Map(lambda line: line.origin.rsplit(":", 1)[0]),
+            lines | "Splits" >> beam.Map(_origin_and_split),
             util.equal_to(
-                [f"tfds:{conftest.TFDS_NAME}:train[0shard]"] * 30
-                + [f"tfds:{conftest.TFDS_NAME}:validation[0shard]"] * 10
+                [(f"{prefix}:train[0shard]", "train")] * 30
+                + [(f"{prefix}:validation[0shard]", "dev")] * 11
+                + [(f"{prefix}:test[0shard]", "test")] * 7
             ),
-            label="CheckOrigins",
+            label="CheckSplits",
         )
+        util.assert_that(
+            counts,
+            util.equal_to(
+                [(f"{prefix}:{name}[0shard]", len(chunk)) for name, chunk in pairs.items()]
+            ),
+            label="CheckCounts",
+        )
+
+
+def test_tfds_split_map_can_hash_or_skip_splits(tfds_data_dir):
+    spec = io.parse_inputs(
+        [f"tfds:{conftest.TFDS_NAME}"], None, None, tfds_data_dir, "train:hash,validation:skip"
+    )[0]
+    assert io.tfds_splits_read(spec, ["train", "validation"]) == ["train"]
+    with test_pipeline.TestPipeline() as p:
+        lines, _ = p | io.ReadTfds(
+            dataclasses.replace(spec, splits=spec.splits + (("test", "skip"),))
+        )
+        util.assert_that(lines | beam.Map(lambda line: line.split), util.equal_to([""] * 30))
+
+
+@pytest.mark.parametrize(
+    "mapping, available, message",
+    [
+        ("train:train", ["train", "test"], "split\\(s\\) test that --tfds_splits does not map"),
+        ("train:skip,test:skip", ["train", "test"], "skips every split"),
+    ],
+)
+def test_tfds_split_map_refuses_unmapped_or_no_splits(mapping, available, message):
+    spec = io.TfdsInput("x", None, io.parse_split_map(mapping))
+    with pytest.raises(ValueError, match=message):
+        io.tfds_splits_read(spec, available)
+
+
+def test_tfds_split_map_refuses_unknown_targets():
+    with pytest.raises(ValueError, match="'train:valid' must be TFDS_SPLIT:SPLIT"):
+        io.parse_split_map("train:valid")
 
 
 def test_read_tfds_refuses_a_set_that_is_not_prepared(tmp_path):

@@ -2,15 +2,18 @@
 
 import glob
 import os
+import re
 import shutil
 
+import apache_beam as beam
 import pytest
 import tensorflow as tf
 
 from pipeline import features, paths, text
 from pipeline import metadata as metadata_lib
 from pipeline import vocab as vocab_lib
-from preprocessing import main, records
+from preprocessing import main, pipeline_def, records, write
+from preprocessing import split as split_lib
 from tests.preprocessing import conftest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,6 +62,11 @@ def test_nothing_is_lost_and_every_reject_has_its_reason_and_origin(dirty_run, d
     assert _rejects(layout) == dirty_corpus["expected"]
     assert all(counts["rejected"][reason] for reason in records.REJECT_REASONS)
     assert all(counts["written"][split] for split in paths.SPLITS)
+    by_input = counts["by_input"]
+    assert sorted(by_input) == sorted([dirty_corpus["tsv"], dirty_corpus["source"]])
+    assert by_input[dirty_corpus["source"]]["read"] == 12  # 10 pairs, 2 unpaired lines.
+    for source, entry in by_input.items():
+        assert entry["read"] == entry["written"] + entry["rejected"], source
 
 
 def test_output_layout_and_metadata_follow_the_contract(dirty_run):
@@ -141,6 +149,39 @@ def test_failed_run_leaves_no_partial_output(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["bad.tsv"]
 
 
+def _train_example_text():
+    """The source of a dirty-corpus pair that lands in train, to find its example by."""
+    return next(
+        source
+        for source, _ in conftest.clean_pairs(30)[6:]
+        if split_lib.assign_split(source, 0.2, 0.2) == split_lib.TRAIN
+    )
+
+
+class _SinkThatDropsOneRecord(write.WriteFileSets):
+    """A broken sink (test double): loses the train example holding `_train_example_text()`."""
+
+    def expand(self, named_records):
+        probe = _train_example_text().encode()
+        kept = named_records | "DropOne" >> beam.Filter(lambda record: probe not in record[1])
+        return super().expand(kept)
+
+
+def test_a_sink_that_loses_a_record_fails_the_job_without_completed(
+    dirty_corpus, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(pipeline_def.write, "WriteFileSets", _SinkThatDropsOneRecord)
+    output_dir = tmp_path / "out"
+    with pytest.raises(Exception, match="Records were lost") as failure:
+        main.run(_argv(dirty_corpus, str(output_dir)))
+    sent, found = re.search(
+        r"train: (\d+) records sent to the files, (\d+) in them", str(failure.value)
+    ).groups()
+    assert int(found) == int(sent) - 1
+    assert not glob.glob(str(tmp_path / "**" / paths.COMPLETED), recursive=True)
+    assert os.listdir(tmp_path) == []  # Neither the output nor its staging directory.
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -157,7 +198,7 @@ def test_bad_flags_exit_with_a_message(argv, message, tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_tfds_input_runs_end_to_end(tfds_data_dir, tmp_path):
+def test_tfds_input_keeps_its_own_splits_and_no_test_pair_in_train(tfds_data_dir, tmp_path):
     output_dir = str(tmp_path / "out")
     main.run(
         [
@@ -167,10 +208,25 @@ def test_tfds_input_runs_end_to_end(tfds_data_dir, tmp_path):
             *conftest.FLAGS,
         ]
     )
-    metadata = metadata_lib.read_metadata(paths.DatasetLayout(output_dir))
-    assert metadata["counts"]["read"] == 40
-    assert sum(metadata["counts"]["written"].values()) == 40
+    layout = paths.DatasetLayout(output_dir)
+    metadata = metadata_lib.read_metadata(layout)
+    pairs = conftest.tfds_split_pairs()
+    assert metadata["counts"]["read"] == sum(map(len, pairs.values())) == 48
     assert metadata["input"]["paths"] == [f"tfds:{conftest.TFDS_NAME}"]
+    written = {
+        split: {e[features.SOURCE_TEXT].numpy().decode() for e in _examples(layout, split)}
+        for split in paths.SPLITS
+    }
+    repeated = {pairs["test"][0][0], pairs["validation"][0][0]}
+    expected = {"train": "train", "dev": "validation", "test": "test"}
+    for split, tfds_split in expected.items():
+        sources = {source for source, _ in pairs[tfds_split]}
+        assert written[split] == sources - (repeated if split == "train" else set())
+    assert not written["train"] & (written["dev"] | written["test"])
+    # The training copies of the pairs dev and test repeat are the ones rejected.
+    rejects = _rejects(layout)
+    assert set(rejects.values()) == {records.DUPLICATE} and len(rejects) == 2
+    assert all(origin.startswith(f"tfds:{conftest.TFDS_NAME}:train[0shard]:") for origin in rejects)
 
 
 def test_dry_run_translates_for_dataflow_and_ships_the_package(tmp_path, capsys):
@@ -223,3 +279,41 @@ def test_multi_processing_gives_the_same_dataset(dirty_run, dirty_corpus, tmp_pa
             expected = list(tf.data.TFRecordDataset(os.path.join(layout.root, name)))
             actual = list(tf.data.TFRecordDataset(os.path.join(output_dir, name)))
             assert sorted(r.numpy() for r in actual) == sorted(r.numpy() for r in expected)
+
+
+@pytest.mark.slow
+def test_two_workers_reading_forced_ranges_account_for_every_line(tmp_path):
+    """1,000 pairs with dirty lines, read in ~3 KB ranges by two worker processes: every line
+    is in a shard (by its text) or in the rejects file (by its number), once."""
+    lines = [f"{s}\t{t}".encode() for s, t in conftest.clean_pairs(1000)]
+    for index, (raw, _) in enumerate(conftest.DIRTY_LINES):
+        lines.insert(100 * index + 7, raw)
+    corpus = tmp_path / "corpus.tsv"
+    corpus.write_bytes(b"".join(line + b"\n" for line in lines))
+    output_dir = str(tmp_path / "out")
+    main.run(
+        [
+            f"--input={corpus}",
+            f"--output_dir={output_dir}",
+            *conftest.FLAGS,
+            "--input_range_mb=0.003",
+            "--direct_running_mode=multi_processing",
+            "--direct_num_workers=2",
+        ]
+    )
+    layout = paths.DatasetLayout(output_dir)
+    metadata = metadata_lib.read_metadata(layout)
+    assert metadata["counts"]["read"] == len(lines)
+    rejects = _rejects(layout)
+    for index, (_, reason) in enumerate(conftest.DIRTY_LINES):
+        assert rejects[f"{corpus}:{100 * index + 8}"] == reason
+    written = [
+        e[features.SOURCE_TEXT].numpy().decode()
+        for split in paths.SPLITS
+        for e in _examples(layout, split)
+    ]
+    assert len(written) == len(set(written)) == len(lines) - len(rejects)
+    written = set(written)
+    for number, line in enumerate(lines, start=1):
+        if f"{corpus}:{number}" not in rejects:
+            assert text.normalize(line.split(b"\t")[0].decode()) in written, number

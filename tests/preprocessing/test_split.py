@@ -46,3 +46,14 @@ def test_assign_splits_keeps_pairs_with_one_source_together():
             | beam.Distinct()
         )
         util.assert_that(names, util.equal_to([split.assign_split("same source", 0.3, 0.3)]))
+
+
+def test_assign_splits_keeps_the_split_an_input_gave():
+    pairs = [records.Pair(f"sentence {i}", "x", f"f:{i}", b"", "test") for i in range(20)]
+    pairs.append(records.Pair("no split", "x", "g:1", b""))
+    with test_pipeline.TestPipeline() as p:
+        names = p | beam.Create(pairs) | split.AssignSplits(0.0, 0.0)
+        util.assert_that(
+            names | beam.Map(lambda kv: (kv[0], kv[1].source == "no split")),
+            util.equal_to([("test", False)] * 20 + [("train", True)]),
+        )

@@ -23,7 +23,7 @@ def test_input_fingerprint_ignores_order_but_not_content():
 
 def test_build_metadata_fills_every_split_and_reason():
     metadata = summary.build_metadata(
-        read=5,
+        by_input={"x": {"read": 5, "written": 3, "rejected": 2}},
         written={"train": 3},
         rejected={records.DUPLICATE: 2},
         vocabularies={"source": {"size": 9}, "target": {"size": 8}},
@@ -35,6 +35,8 @@ def test_build_metadata_fills_every_split_and_reason():
         elapsed_seconds=1.23,
     )
     assert metadata["schema_version"] == features.SCHEMA_VERSION
+    assert metadata["counts"]["read"] == 5
+    assert metadata["counts"]["by_input"] == {"x": {"read": 5, "written": 3, "rejected": 2}}
     assert metadata["counts"]["written"] == {"train": 3, "dev": 0, "test": 0}
     assert set(metadata["counts"]["rejected"]) == set(records.REJECT_REASONS)
     assert metadata["length_histograms"] == {"source": {"2": 3}, "target": {"10": 1, "2": 2}}

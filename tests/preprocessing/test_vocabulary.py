@@ -21,12 +21,35 @@ def _pairs(count=40):
     ]
 
 
-def test_count_words_is_a_combiner_matching_split_words():
+@pytest.mark.parametrize("max_chunks", [1_000_000, 2])
+def test_count_words_per_bundle_sums_to_split_words(max_chunks):
     sentences = ["Open the file.", "Open (the) window", "the end"]
-    expected = collections.Counter(w for s in sentences for w in text.split_words(s))
+    expected = collections.Counter(("k", w) for s in sentences for w in text.split_words(s))
     with test_pipeline.TestPipeline() as p:
-        counts = p | beam.Create(sentences) | beam.CombineGlobally(vocabulary.CountWords())
-        util.assert_that(counts, util.equal_to([dict(expected)]))
+        counts = (
+            p
+            | beam.Create([("k", s) for s in sentences])
+            | beam.ParDo(vocabulary.CountWords(max_chunks))
+            | beam.CombinePerKey(sum)
+        )
+        util.assert_that(counts, util.equal_to(list(expected.items())))
+
+
+def test_character_counts_cover_every_word():
+    with test_pipeline.TestPipeline() as p:
+        characters = (
+            p
+            | beam.Create([("ab", 2), ("b\u00f8", 1)])
+            | beam.CombineGlobally(vocabulary.CharacterCounts())
+        )
+        util.assert_that(characters, util.equal_to([{"a": 2, "b": 3, "\u00f8": 1}]))
+
+
+def test_characters_of_words_beyond_the_top_still_get_pieces():
+    top = {"house": 50, "tree": 40, "window": 30}
+    tokens = vocabulary.learn_vocabulary(top, _PARAMS, {"\u00f8": 1, "h": 50})
+    assert "\u00f8" in tokens and "##\u00f8" in tokens
+    assert "\u00f8" not in vocabulary.learn_vocabulary(top, _PARAMS)
 
 
 def test_learning_does_not_depend_on_count_order():
@@ -82,3 +105,14 @@ def test_write_vocabularies_writes_loadable_files_and_reports_fingerprints(tmp_p
         util.assert_that(info, util.equal_to([("source", expected), ("target", expected)]))
     for side in vocabulary.SIDES:
         assert vocab_lib.load_vocabulary(layout.vocabulary(side)) == tokens
+
+
+def test_learn_vocabularies_keeps_the_alphabet_of_words_beyond_the_top():
+    params = vocabulary.VocabParams(size=200, min_count=1, max_words=10)
+    pairs = [*_pairs(), records.Pair("Close the \u00f8resund panel.", "x", "g:1", b"")]
+
+    def check(vocabs):
+        assert "##\u00f8" in dict(vocabs)["source"]
+
+    with test_pipeline.TestPipeline() as p:
+        util.assert_that(p | beam.Create(pairs) | vocabulary.LearnVocabularies(params), check)

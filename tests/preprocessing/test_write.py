@@ -19,6 +19,7 @@ def test_file_sets_get_exact_names_every_shard_and_every_record_once(tmp_path):
         "train": write.FileSet(str(tmp_path / "train" / "train"), ".tfrecord", write.TFRECORD, 5),
         "dev": write.FileSet(str(tmp_path / "dev" / "dev"), ".tfrecord", write.TFRECORD, 0, 2),
         "log": write.FileSet(str(tmp_path / "log" / "log"), ".tsv", write.TEXT),
+        "none": write.FileSet(str(tmp_path / "none" / "none"), ".tsv", write.TEXT),
     }
     records = [("train", f"record {i}".encode()) for i in range(3)] + [("log", b"a\tb")]
     with test_pipeline.TestPipeline() as p:
@@ -32,6 +33,7 @@ def test_file_sets_get_exact_names_every_shard_and_every_record_once(tmp_path):
                 ]
                 + [("dev", str(tmp_path / f"dev/dev-{i:05d}-of-00002.tfrecord")) for i in range(2)]
                 + [("log", str(tmp_path / "log/log-00000-of-00001.tsv"))]
+                + [("none", str(tmp_path / "none/none-00000-of-00001.tsv"))]
             ),
         )
     assert _read_tfrecords(str(tmp_path / "train" / "*")) == [
@@ -39,6 +41,7 @@ def test_file_sets_get_exact_names_every_shard_and_every_record_once(tmp_path):
     ]
     assert _read_tfrecords(str(tmp_path / "dev" / "*")) == []
     assert (tmp_path / "log" / "log-00000-of-00001.tsv").read_bytes() == b"a\tb\n"
+    assert (tmp_path / "none" / "none-00000-of-00001.tsv").read_bytes() == b""
 
 
 def test_automatic_shard_count_grows_with_bytes():

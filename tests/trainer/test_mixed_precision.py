@@ -33,8 +33,12 @@ def mixed_trainer(small_dataset, tmp_path):
 
 def test_decoding_model_is_float32_with_the_current_weights(mixed_trainer):
     trained = mixed_trainer.model
-    _, low_scores, _ = trained.beam_search(SOURCE_IDS, SOURCE_LENGTHS)
-    assert low_scores.dtype == tf.bfloat16  # what the twin is for
+    cfg = trained.cfg
+    options = (cfg.beam_width, cfg.length_penalty, cfg.coverage_penalty, cfg.max_decode_length)
+    _, low_scores, _ = trained.tfa_beam_search(SOURCE_IDS, SOURCE_LENGTHS, *options)
+    assert low_scores.dtype == tf.bfloat16  # what the twin is for (TFA's decoders)
+    _, fused_scores, _ = trained.beam_search(SOURCE_IDS, SOURCE_LENGTHS)
+    assert fused_scores.dtype == tf.float32  # `beam_search` keeps its scores in float32
     rng = np.random.default_rng(0)
     for variable in trained.trainable_variables:  # weights a training step would have moved
         variable.assign_add(rng.normal(0, 0.1, variable.shape).astype(np.float32))

@@ -10,10 +10,11 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests import dataset_fixture
-from trainer import export
+from trainer import export, serving
 
 SENTENCES = ["Click OK.", "Select a cell in the table.", "Open the file."]
 
@@ -128,3 +129,27 @@ def test_saved_model_cli_shows_and_runs_the_signature(export_dir, from_args, tmp
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Result for output key translations:" in run.stdout
     assert repr(from_args[0].encode("utf-8")) in run.stdout
+
+
+def test_length_sorted_batches_come_back_in_input_order(export_dir):
+    """Sentences of mixed lengths, batched after sorting: each gets what it gets alone."""
+    signature = serving.load_translator(export_dir)
+    sentences = [SENTENCES[1], "OK.", SENTENCES[0] * 3, SENTENCES[2], "Cell"]
+    batched = serving.translate(signature, sentences, batch_size=2, n_best=2)
+    alone = [serving.translate(signature, [s], batch_size=1, n_best=2)[0] for s in sentences]
+    assert [nbest for nbest, _ in batched] == [nbest for nbest, _ in alone]
+    np.testing.assert_allclose([s for _, s in batched], [s for _, s in alone], atol=1e-4)
+    assert len({round(s, 4) for _, s in alone}) == len(sentences), "scores tell sentences apart"
+
+
+def test_export_runs_the_fused_beam_search_with_core_ops_only(export_dir):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    graph = proto.meta_graphs[0].graph_def
+    nodes = [*graph.node, *(n for fn in graph.library.function for n in fn.node_def)]
+    assert nodes
+    assert not [n.op for n in nodes if n.op.startswith("Addons>")]
+    assert not [n.name for n in nodes if "BeamSearchDecoder" in n.name], "TFA's decoder"

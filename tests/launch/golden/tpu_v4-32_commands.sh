@@ -1,0 +1,3 @@
+gcloud compute tpus tpu-vm create nmt-v4-32 --zone=us-central2-b --project=proj --accelerator-type=v4-32 --version=tpu-vm-tf-2.15.1-pod-pjrt
+gcloud compute tpus tpu-vm scp /tmp/nmt-launch-nmt-v4-32/config.yaml nmt-v4-32:/tmp/nmt_config.yaml --zone=us-central2-b --project=proj --worker=0
+gcloud compute tpus tpu-vm ssh nmt-v4-32 --zone=us-central2-b --project=proj --worker=0 '--command=pip install --no-deps ./nmt && env TPU_LOAD_LIBRARY=0 python3 -m trainer.main --experiment=attention_seq2seq/tiny --config_file=/tmp/nmt_config.yaml --data_dir=gs://nmt-bucket/data/en-de --model_dir=gs://nmt-bucket/runs/tpu --strategy=tpu --tpu=nmt-v4-32'

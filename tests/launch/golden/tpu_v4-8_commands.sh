@@ -1,0 +1,3 @@
+gcloud compute tpus tpu-vm create nmt-v4-8 --zone=us-central2-b --project=proj --accelerator-type=v4-8 --version=tpu-vm-tf-2.15.1-pjrt
+gcloud compute tpus tpu-vm scp /tmp/nmt-launch-nmt-v4-8/config.yaml nmt-v4-8:/tmp/nmt_config.yaml --zone=us-central2-b --project=proj --worker=0
+gcloud compute tpus tpu-vm ssh nmt-v4-8 --zone=us-central2-b --project=proj --worker=0 '--command=pip install --no-deps ./nmt && env NEXT_PLUGGABLE_DEVICE_USE_C_API=true TF_PLUGGABLE_DEVICE_LIBRARY_PATH=/lib/libtpu.so python3 -m trainer.main --experiment=attention_seq2seq/tiny --config_file=/tmp/nmt_config.yaml --data_dir=gs://nmt-bucket/data/en-de --model_dir=gs://nmt-bucket/runs/tpu --strategy=tpu --tpu=local'

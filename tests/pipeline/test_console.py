@@ -1,0 +1,88 @@
+"""What an entry point prints (pipeline/console.py): progress on the console, the rest in its log.
+
+Each test runs the real entry point in a child process, as a user would, and reads both its
+console (stderr) and its log file.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import console
+from tests import dataset_fixture
+
+# Printed while TensorFlow, TFA and the distribution strategy start; none of it is for a user.
+NOISE = (
+    "Unable to register cuDNN factory",
+    "Unable to register cuBLAS factory",
+    "TensorFlow Addons (TFA) has ended development",
+    "Using MirroredStrategy with devices",
+)
+
+
+def _train(model_dir, data_dir, *flags, overrides="train.train_steps=4,train.eval_every=4"):
+    argv = dataset_fixture.tiny_train_argv(data_dir, str(model_dir), overrides, *flags)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run(
+        argv, capture_output=True, text=True, cwd=dataset_fixture.REPO, env=env, timeout=600
+    )
+
+
+def _log(model_dir) -> str:
+    with open(os.path.join(model_dir, "logs", "nmt-train.log"), encoding="utf-8") as f:
+        return f.read()
+
+
+@pytest.mark.slow
+def test_training_console_has_progress_once_and_the_log_has_everything(small_dataset, tmp_path):
+    result = _train(tmp_path, small_dataset.root, "--noexport", "--noevaluate_test")
+    assert result.returncode == 0, result.stderr[-3000:]
+    screen, log = result.stderr, _log(tmp_path)
+    for noise in (*NOISE, "then broadcast to"):
+        assert noise not in screen, noise
+        assert noise in log, noise
+    assert "step 4/4" in screen and "eval dev step 4" in screen
+    progress = [line for line in screen.splitlines() if "step 4/4" in line]
+    assert len(progress) == 1, "every line once (not through absl's and TF's handlers both)"
+    assert log.count("step 4/4 loss") == 1
+
+
+def test_a_bad_dataset_is_a_usage_error_and_verbosity_restores_everything(tmp_path):
+    missing = str(tmp_path / "no_dataset")
+    quiet = _train(tmp_path / "quiet", missing)
+    loud = _train(tmp_path / "loud", missing, "--verbosity=1")
+    for result in (quiet, loud):
+        assert result.returncode == 1
+        assert "metadata.json not found" in result.stderr
+        assert "Traceback" not in result.stderr
+    for noise in NOISE:
+        assert noise not in quiet.stderr, noise
+        assert noise in _log(tmp_path / "quiet"), noise
+        assert noise in loud.stderr, noise
+
+
+def test_log_dir_defaults_and_flag_spellings(tmp_path, monkeypatch):
+    argv = ["prog", "--model_dir", "/m", "--verbosity=2", "--log_dir=/l"]
+    assert console.flag_value(argv, ("--model_dir",)) == "/m"
+    assert console.flag_value(argv, ("--log_dir",)) == "/l"
+    assert console.verbosity_from(argv) == 2
+    assert console.verbosity_from(["prog", "-v", "1"]) == 1
+    assert console.verbosity_from(["prog"]) == 0
+    monkeypatch.setattr(console, "CACHE_LOG_DIR", str(tmp_path / "cache"))
+    assert console.log_path("nmt-x", "gs://bucket/run") == str(tmp_path / "cache" / "nmt-x.log")
+    monkeypatch.setenv("TF_CONFIG", '{"task": {"type": "worker", "index": 1}}')
+    assert console.log_path("nmt-x", str(tmp_path)) == str(tmp_path / "nmt-x.worker-1.log")
+
+
+def test_importing_an_entry_point_leaves_logging_alone():
+    code = (
+        "import logging, sys; from trainer import evaluate_main; "
+        "assert sys.stderr is sys.__stderr__ and not any("
+        "h.__class__.__name__ == '_ConsoleHandler' for h in logging.getLogger().handlers)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=dataset_fixture.REPO
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

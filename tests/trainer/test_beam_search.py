@@ -1,0 +1,239 @@
+"""The fused greedy and beam search (`trainer/beam_search.py`) against TFA's decoders.
+
+The model is the tiny config with its weights scaled up, so that sentences end at many different
+steps (a fresh model ends all at once or never). Two references:
+- Every hypothesis' score is recomputed by teacher-forcing it through TFA's `AttentionWrapper`
+  (`_teacher_forced_scores`), so the search's scores and its ids belong together.
+- TFA's `BeamSearchDecoder` ranks a sentence's finished hypotheses once more with their final
+  scores on the step after they end, but not on the last step it runs for the batch; the fused
+  search always does (except at `max_length`), so the reference is TFA's decoder run to
+  `max_length` (`_RunToMaxLength`). TFA's `gather_tree` backtracks each sentence from its longest
+  hypothesis' length, so that last ranking reorders TFA's scores but not its ids: hypotheses
+  are compared as sets per sentence, scores beam by beam.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import vocab as vocab_lib
+from tests.trainer import test_model_components as components
+from trainer import beam_search, decoder_step, tfa_lib
+
+MAX_LENGTH = 12
+
+
+class _RunToMaxLength(tfa_lib.BeamSearchDecoder):
+    """TFA's beam search that never reports the batch finished, so it runs `max_length` steps."""
+
+    def step(self, time, inputs, state, training=None, name=None):
+        outputs, state, inputs, finished = super().step(time, inputs, state, training, name)
+        return outputs, state, inputs, tf.zeros_like(finished)
+
+
+def _tfa_to_max_length(seq2seq, source_ids, source_lengths, beam_width, lp, cp):
+    initial_state = seq2seq._encode_for_decoding(source_ids, source_lengths, beam_width, False)
+    decoder = _RunToMaxLength(
+        seq2seq.attention_cell,
+        beam_width,
+        embedding_fn=seq2seq.target_embedding,
+        output_layer=seq2seq.projection,
+        length_penalty_weight=lp,
+        coverage_penalty_weight=cp,
+        maximum_iterations=MAX_LENGTH,
+    )
+    outputs, _, lengths = decoder(
+        None,
+        start_tokens=tf.fill([tf.shape(source_ids)[0]], vocab_lib.BOS_ID),
+        end_token=vocab_lib.EOS_ID,
+        initial_state=initial_state,
+    )
+    ids = tf.transpose(outputs.predicted_ids, [0, 2, 1])
+    return ids, outputs.beam_search_decoder_output.scores[:, -1, :], lengths
+
+
+@pytest.fixture(scope="module")
+def lively():
+    """A model whose beams end anywhere from step 1 to past `MAX_LENGTH`, and 24 sources."""
+    return _lively()
+
+
+def _lively(**changes):
+    seq2seq = components._build(seed=1, **changes)
+    for variable in seq2seq.trainable_variables:
+        variable.assign(variable * 3.0)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 8, 24)
+    ids = rng.integers(4, components.SOURCE_VOCAB, (24, 7))
+    ids[np.arange(7)[None] >= lengths[:, None]] = vocab_lib.PAD_ID
+    return seq2seq, tf.constant(ids, tf.int32), tf.constant(lengths, tf.int32)
+
+
+def _hypotheses(ids):
+    """Per sentence, the set of its hypotheses, each up to its first EOS (included)."""
+    result = []
+    for beams in ids.numpy().tolist():
+        ended = [
+            row[: row.index(vocab_lib.EOS_ID) + 1] if vocab_lib.EOS_ID in row else row
+            for row in beams
+        ]
+        result.append(sorted(tuple(row) for row in ended))
+    return result
+
+
+def _teacher_forced_scores(seq2seq, source_ids, source_lengths, ids, lengths, lp, cp):
+    """Each hypothesis' score from its own log-probability and attention, by TFA's cell.
+
+    A hypothesis that ended before the last step has its final score (length with EOS, coverage
+    penalty); one that ended on the last step its score from that step (length without EOS, no
+    coverage); an unfinished one its log-probability over its length.
+    """
+    batch, beams, steps = ids.shape
+    flat, flat_lengths = tf.reshape(ids, [-1, steps]), tf.reshape(lengths, [-1])
+    state = seq2seq._encode_for_decoding(source_ids, source_lengths, beams, False)
+    tokens = tf.fill([batch * beams], vocab_lib.BOS_ID)
+    log_prob, attention = 0.0, 0.0
+    for t in range(steps):
+        outputs, state = seq2seq.attention_cell(seq2seq.target_embedding(tokens), state)
+        step_log_probs = tf.nn.log_softmax(seq2seq.projection(outputs))
+        alive = t < flat_lengths
+        picked = tf.gather(step_log_probs, flat[:, t], batch_dims=1)
+        log_prob += tf.where(alive, picked, 0.0)
+        attention += state.alignments * tf.cast(alive, tf.float32)[:, None]
+        tokens = flat[:, t]
+    ended = tf.gather(flat, tf.maximum(flat_lengths - 1, 0), batch_dims=1) == vocab_lib.EOS_ID
+    on_last_step = tf.logical_and(ended, flat_lengths == MAX_LENGTH)
+    length = tf.cast(flat_lengths - tf.cast(on_last_step, tf.int32), tf.float32)
+    attention = tf.where(attention == 0.0, 1.0, attention)
+    coverage = cp * tf.reduce_sum(tf.math.log(tf.minimum(attention, 1.0)), axis=-1)
+    covered = tf.logical_and(ended, tf.logical_not(on_last_step))
+    scores = log_prob / ((5.0 + length) / 6.0) ** lp + tf.where(covered, coverage, 0.0)
+    return tf.reshape(scores, [batch, beams])
+
+
+@pytest.mark.parametrize(
+    "beam_width, length_penalty, coverage_penalty", [(3, 0.0, 0.0), (4, 0.6, 0.0), (4, 0.6, 0.2)]
+)
+def test_beam_search_equals_tfa_run_to_max_length(
+    lively, beam_width, length_penalty, coverage_penalty
+):
+    seq2seq, source_ids, source_lengths = lively
+    options = (beam_width, length_penalty, coverage_penalty, MAX_LENGTH)
+    ids, scores, lengths = beam_search.beam_search(seq2seq, source_ids, source_lengths, *options)
+    ref_ids, ref_scores, ref_lengths = _tfa_to_max_length(
+        seq2seq, source_ids, source_lengths, *options[:3]
+    )
+    assert len(set(lengths.numpy().ravel())) >= 4, "the model must end beams at many steps"
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(lengths, ref_lengths)
+    assert _hypotheses(ids) == _hypotheses(ref_ids)
+    recomputed = _teacher_forced_scores(
+        seq2seq, source_ids, source_lengths, ids, lengths, length_penalty, coverage_penalty
+    )
+    np.testing.assert_allclose(scores, recomputed, atol=1e-4, rtol=0)
+    assert np.all(np.diff(scores.numpy(), axis=1) <= 0), "best first"
+    # EOS-filled after each hypothesis, and only as many steps as the longest needed.
+    assert ids.shape[2] == lengths.numpy().max()
+    after = np.arange(ids.shape[2]) >= lengths.numpy()[..., None]
+    assert np.all(ids.numpy()[after] == vocab_lib.EOS_ID)
+
+
+def test_weight_normalised_model_searches_as_tfa_does():
+    """The step reads the attention layer's normalised kernel; the projection is called."""
+    seq2seq, source_ids, source_lengths = _lively(weight_norm=True)
+    for wrapper in (seq2seq.attention_layer, seq2seq.projection.dense):
+        wrapper.g.assign(wrapper.g * tf.linspace(0.5, 1.5, wrapper.g.shape[0]))  # not |v|
+    bias = seq2seq.projection.dense.layer.bias  # EOS likelier, so beams end at many steps
+    bias.assign(tf.tensor_scatter_nd_add(bias, [[vocab_lib.EOS_ID]], [2.0]))
+    options = (4, 0.6, 0.2, MAX_LENGTH)
+    ids, scores, lengths = beam_search.beam_search(seq2seq, source_ids, source_lengths, *options)
+    ref_ids, ref_scores, ref_lengths = _tfa_to_max_length(
+        seq2seq, source_ids, source_lengths, *options[:3]
+    )
+    assert len(set(lengths.numpy().ravel())) >= 4, "the model must end beams at many steps"
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(lengths, ref_lengths)
+    assert _hypotheses(ids) == _hypotheses(ref_ids)
+
+
+def test_plain_tfa_differs_only_where_it_ends_the_batch(lively):
+    """TFA stops ranking when its whole batch has ended: only those sentences may differ."""
+    seq2seq, source_ids, source_lengths = lively
+    options = (4, 0.6, 0.0, MAX_LENGTH)
+    _, _, lengths = seq2seq.beam_search(source_ids, source_lengths, *options)
+    # Sentences that end well before MAX_LENGTH, so TFA's batch ends before it too.
+    short = np.flatnonzero(lengths.numpy().max(axis=1) < MAX_LENGTH - 2)
+    source_ids, source_lengths = tf.gather(source_ids, short), tf.gather(source_lengths, short)
+    ids, scores, lengths = seq2seq.beam_search(source_ids, source_lengths, *options)
+    ref_ids, ref_scores, ref_lengths = seq2seq.tfa_beam_search(source_ids, source_lengths, *options)
+    ranked_again = ref_lengths.numpy().max(axis=1) < ref_ids.shape[2]
+    assert 0 < ranked_again.sum() < len(ranked_again)
+    same = np.all(np.isclose(scores, ref_scores, atol=1e-4, rtol=0), axis=1)
+    assert np.all(same[ranked_again]) and not np.all(same)
+    assert _hypotheses(ids) == _hypotheses(ref_ids)
+
+
+def test_a_sentence_decodes_the_same_alone_and_in_a_batch(lively):
+    seq2seq, source_ids, source_lengths = lively
+    ids, scores, lengths = seq2seq.beam_search(source_ids, source_lengths, 3, 0.6, 0.1, MAX_LENGTH)
+    batch = _hypotheses(ids)
+    for row in (0, 5, 17):
+        alone = seq2seq.beam_search(
+            source_ids[row : row + 1], source_lengths[row : row + 1], 3, 0.6, 0.1, MAX_LENGTH
+        )
+        assert _hypotheses(alone[0])[0] == batch[row]
+        np.testing.assert_allclose(alone[1][0], scores[row], atol=1e-5)
+
+
+def test_greedy_equals_tfa_greedy(lively):
+    seq2seq, source_ids, source_lengths = lively
+    ids, lengths, _ = seq2seq.greedy_decode(source_ids, source_lengths, MAX_LENGTH)
+    # The alignment history asks for TFA's decoder.
+    ref_ids, ref_lengths, _ = seq2seq.greedy_decode(
+        source_ids, source_lengths, MAX_LENGTH, alignment_history=True
+    )
+    assert len(set(lengths.numpy())) >= 3
+    np.testing.assert_array_equal(lengths, ref_lengths)
+    for row, length in enumerate(lengths.numpy()):
+        np.testing.assert_array_equal(ids[row, :length], ref_ids[row, :length])
+
+
+def test_graph_mode_with_unknown_shapes_matches_eager(lively):
+    seq2seq, source_ids, source_lengths = lively
+    specs = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)]
+
+    @tf.function(input_signature=specs)
+    def search(ids, lengths):
+        return seq2seq.beam_search(ids, lengths, 4, 0.6, 0.2, MAX_LENGTH)
+
+    @tf.function(input_signature=specs)
+    def greedy(ids, lengths):
+        return seq2seq.greedy_decode(ids, lengths, MAX_LENGTH)[:2]
+
+    for graph, eager in (
+        (
+            search(source_ids, source_lengths),
+            beam_search.beam_search(seq2seq, source_ids, source_lengths, 4, 0.6, 0.2, MAX_LENGTH),
+        ),
+        (
+            greedy(source_ids, source_lengths),
+            beam_search.greedy_decode(seq2seq, source_ids, source_lengths, MAX_LENGTH),
+        ),
+    ):
+        for g, e in zip(graph, eager, strict=True):
+            np.testing.assert_allclose(g, e, atol=1e-5)
+
+
+def test_layer_norm_and_bahdanau_models_keep_tfa_decoding():
+    for changes in ({"layer_norm": True}, {"attention": "bahdanau"}):
+        seq2seq = components._build(**changes)
+        inputs = components._inputs()
+        ids, scores, lengths = seq2seq.beam_search(
+            inputs["source_ids"], inputs["source_lengths"], 2, 0.6, 0.0, 6
+        )
+        reference = seq2seq.tfa_beam_search(
+            inputs["source_ids"], inputs["source_lengths"], 2, 0.6, 0.0, 6
+        )
+        assert not decoder_step.supports(seq2seq.cfg)
+        for ours, theirs in zip((ids, scores, lengths), reference, strict=True):
+            np.testing.assert_array_equal(ours, theirs)

@@ -1,0 +1,345 @@
+"""Greedy and beam search over `decoder_step`, with TFA's `BeamSearchDecoder` scoring.
+
+What makes it fast, against TFA's decoder on the same weights:
+- The output projection, softmax and top-k run only on hypotheses still going: not on finished
+  beams, not on the copies of the first beam at step 0. Each live beam proposes its k best
+  tokens other than EOS plus EOS itself (EOS is the one token whose length, and so whose length
+  penalty, differs), so the top-k over k(k + 1) candidates per sentence is the top-k over k * V.
+- A sentence whose beams have all ended leaves the loop state at once (its results are written
+  out), so later steps run on the sentences still being translated, and the loop stops when
+  none is left.
+
+The scores are TFA's (GNMT): log probability / ((5 + length) / 6) ** length_penalty, plus, for
+finished hypotheses, coverage_penalty * sum(log(min(accumulated attention, 1))) over source
+positions with any attention. A hypothesis' length counts EOS once it has ended but not in the
+step that emits it, and a finished hypothesis competes with its later (EOS-inclusive) score and
+coverage, as in TFA. When a sentence ends, its hypotheses are ranked once more with those final
+scores, as TFA's next step does; TFA skips that re-ranking for the sentences ending on the last
+step it runs for their batch, so its results depend on which sentences share a batch, while
+these do not (see README, "Translate and serve", for the measured agreement).
+"""
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from pipeline import vocab as vocab_lib
+from trainer import decoder_step
+
+EOS = vocab_lib.EOS_ID
+_FLOAT = tf.float32
+
+
+class _Beams(NamedTuple):
+    """The loop state of the sentences still being translated, [b, k, ...]."""
+
+    rows: object  # [b] the sentences' rows in the batch
+    tokens: object  # [b, k] the last token of each hypothesis
+    log_probs: object  # [b, k] summed log probabilities
+    scores: object  # [b, k] scores as last ranked
+    lengths: object  # [b, k] pieces so far, EOS included once ended
+    finished: object  # [b, k]
+    sequences: object  # [b, k, max_length] pieces so far, EOS-filled
+    coverage: object  # [b, k, S] accumulated attention ([b, k, 0] without coverage penalty)
+    state: decoder_step.State
+    memory: decoder_step.Memory
+
+
+class _Options(NamedTuple):
+    beam_width: int
+    length_weight: float
+    coverage_weight: float
+
+
+class _Results(NamedTuple):
+    """The finished output for the whole batch, filled in as sentences end."""
+
+    ids: object  # [B, k, max_length]
+    scores: object  # [B, k]
+    lengths: object  # [B, k]
+
+
+def length_penalty(lengths, weight: float):
+    """GNMT's ((5 + length) / 6) ** weight (1 when the weight is 0)."""
+    if weight == 0.0:
+        return tf.ones_like(lengths, _FLOAT)
+    return (5.0 + tf.cast(lengths, _FLOAT)) ** weight / 6.0**weight
+
+
+def coverage_penalty(coverage, weight: float):
+    """weight * sum(log(min(attention, 1))) over positions with any attention, per hypothesis."""
+    if weight == 0.0:
+        return tf.zeros(tf.shape(coverage)[:2], _FLOAT)
+    attended = tf.where(coverage == 0.0, tf.ones_like(coverage), coverage)
+    return weight * tf.reduce_sum(tf.math.log(tf.minimum(attended, 1.0)), axis=-1)
+
+
+def _live_log_probs(seq2seq, attention, live):
+    """Log-softmax of the projection of the live hypotheses only: ([n, V], their flat index)."""
+    width = tf.shape(attention)[-1]
+    index = tf.cast(tf.where(tf.reshape(live, [-1]))[:, 0], tf.int32)
+    rows = tf.gather(tf.reshape(attention, [-1, width]), index)
+    logits = seq2seq.projection(tf.cast(rows, seq2seq.projection.compute_dtype))
+    return tf.nn.log_softmax(tf.cast(logits, _FLOAT)), index
+
+
+def _proposals(log_probs, beam_width: int):
+    """Per row: EOS and the `beam_width` best other tokens: (log-probs, tokens), [n, k + 1].
+
+    Taking k + 1 and dropping EOS (or the last, when EOS is not among them) leaves exactly k.
+    """
+    values, tokens = tf.math.top_k(log_probs, beam_width + 1)
+    is_eos = tokens == EOS
+    keep = tf.logical_and(
+        tf.logical_not(is_eos),
+        tf.logical_or(
+            tf.range(beam_width + 1) < beam_width, tf.reduce_any(is_eos, 1, keepdims=True)
+        ),
+    )
+    values = tf.reshape(tf.boolean_mask(values, keep), [-1, beam_width])
+    tokens = tf.reshape(tf.boolean_mask(tokens, keep), [-1, beam_width])
+    eos_column = tf.fill([tf.shape(tokens)[0], 1], EOS)
+    return (
+        tf.concat([log_probs[:, EOS : EOS + 1], values], axis=1),
+        tf.concat([eos_column, tokens], axis=1),
+    )
+
+
+def _candidates(seq2seq, finished, attention, beam_width: int):
+    """Every beam's proposals: (step log-probs, tokens), [b, k, k + 1].
+
+    A finished beam proposes EOS at no cost and nothing else (TFA's masked distribution).
+    """
+    shape = tf.shape(finished)
+    rows = shape[0] * shape[1]
+    step_log_probs = tf.concat(
+        [tf.zeros([rows, 1], _FLOAT), tf.fill([rows, beam_width], _FLOAT.min)], axis=1
+    )
+    tokens = tf.fill([rows, beam_width + 1], EOS)
+    live_log_probs, index = _live_log_probs(seq2seq, attention, tf.logical_not(finished))
+    live_values, live_tokens = _proposals(live_log_probs, beam_width)
+    step_log_probs = tf.tensor_scatter_nd_update(step_log_probs, index[:, None], live_values)
+    tokens = tf.tensor_scatter_nd_update(tokens, index[:, None], live_tokens)
+    new_shape = tf.concat([shape, [beam_width + 1]], axis=0)
+    return tf.reshape(step_log_probs, new_shape), tf.reshape(tokens, new_shape)
+
+
+def _advance(beams: _Beams, step_log_probs, tokens, alignment, t, options: _Options):
+    """Ranks the candidates and keeps the best k per sentence (TFA's `_beam_search_step`)."""
+    beam_width, length_weight, coverage_weight = options
+    running = tf.logical_not(beams.finished)
+    total = beams.log_probs[:, :, None] + step_log_probs
+    # EOS (column 0) does not add to the length of the hypothesis it ends.
+    grows = tf.concat([tf.zeros([1], tf.int32), tf.ones([beam_width], tf.int32)], axis=0)
+    lengths = beams.lengths[:, :, None] + tf.cast(running, tf.int32)[:, :, None] * grows
+    coverage = beams.coverage
+    if coverage_weight:
+        coverage += alignment * tf.cast(running, _FLOAT)[:, :, None]
+    penalty = coverage_penalty(coverage, coverage_weight) * tf.cast(beams.finished, _FLOAT)
+    scores = total / length_penalty(lengths, length_weight) + penalty[:, :, None]
+    batch = tf.shape(total)[0]
+    scores, best = tf.math.top_k(tf.reshape(scores, [batch, -1]), beam_width)
+    parents = best // (beam_width + 1)
+    new_tokens = tf.gather(tf.reshape(tokens, [batch, -1]), best, batch_dims=1)
+    parent_finished = tf.gather(beams.finished, parents, batch_dims=1)
+    sequences = tf.gather(beams.sequences, parents, batch_dims=1)
+    at_t = tf.one_hot(t, tf.shape(sequences)[2], on_value=True, off_value=False)
+    return beams._replace(
+        tokens=new_tokens,
+        log_probs=tf.gather(tf.reshape(total, [batch, -1]), best, batch_dims=1),
+        scores=scores,
+        lengths=tf.gather(beams.lengths, parents, batch_dims=1)
+        + tf.cast(tf.logical_not(parent_finished), tf.int32),
+        finished=tf.logical_or(parent_finished, tf.equal(new_tokens, EOS)),
+        sequences=tf.where(at_t, new_tokens[:, :, None], sequences),
+        coverage=tf.gather(coverage, parents, batch_dims=1),
+        state=decoder_step.gather(beams.state, parents, batch_dims=1),
+    )
+
+
+def _rerank(beams: _Beams, options: _Options):
+    """All hypotheses finished: ranked by their final scores, as TFA's next step ranks them."""
+    scores = beams.log_probs / length_penalty(beams.lengths, options.length_weight)
+    scores += coverage_penalty(beams.coverage, options.coverage_weight)
+    scores, order = tf.math.top_k(scores, tf.shape(scores)[1])
+    return beams._replace(
+        scores=scores,
+        lengths=tf.gather(beams.lengths, order, batch_dims=1),
+        sequences=tf.gather(beams.sequences, order, batch_dims=1),
+    )
+
+
+def _write(results: _Results, beams: _Beams, which) -> _Results:
+    """Copies the sentences selected by `which` [b] into the batch's results."""
+    rows = tf.boolean_mask(beams.rows, which)[:, None]
+    return _Results(
+        ids=tf.tensor_scatter_nd_update(results.ids, rows, tf.boolean_mask(beams.sequences, which)),
+        scores=tf.tensor_scatter_nd_update(
+            results.scores, rows, tf.boolean_mask(beams.scores, which)
+        ),
+        lengths=tf.tensor_scatter_nd_update(
+            results.lengths, rows, tf.boolean_mask(beams.lengths, which)
+        ),
+    )
+
+
+def _retire(beams: _Beams, results: _Results, ended, options: _Options):
+    """Writes out the sentences whose beams have all ended and drops them from the loop."""
+
+    def retire():
+        written = _write(results, _rerank(beams, options), ended)
+        keep = tf.cast(tf.where(tf.logical_not(ended))[:, 0], tf.int32)
+        return tf.nest.map_structure(lambda t: tf.gather(t, keep), beams), written
+
+    return tf.cond(tf.reduce_any(ended), retire, lambda: (beams, results))
+
+
+def _start(seq2seq, source_ids, source_lengths, beam_width: int, max_length: int, coverage: bool):
+    """The loop state before the first step: one live beam per sentence, the rest empty."""
+    memory = decoder_step.encode(seq2seq, source_ids, source_lengths)
+    batch = tf.shape(source_ids)[0]
+    first = tf.range(beam_width) == 0
+    # As in TFA: the other beams start finished with log-probability -inf, so step 0 expands
+    # the first beam only.
+    finished = tf.tile(tf.logical_not(first)[None], [batch, 1])
+    log_probs = tf.where(finished, -float("inf"), 0.0)
+    source_width = tf.shape(source_ids)[1] if coverage else 0
+    return _Beams(
+        rows=tf.range(batch),
+        tokens=tf.fill([batch, beam_width], vocab_lib.BOS_ID),
+        log_probs=log_probs,
+        scores=log_probs,
+        lengths=tf.zeros([batch, beam_width], tf.int32),
+        finished=finished,
+        sequences=tf.fill([batch, beam_width, max_length], EOS),
+        coverage=tf.zeros([batch, beam_width, source_width], _FLOAT),
+        state=decoder_step.initial_state(batch, beam_width, seq2seq),
+        memory=memory,
+    )
+
+
+def _invariants(beams: _Beams):
+    """Shape invariants: the number of sentences (and the source width) changes in the loop."""
+
+    def loose(t):
+        return tf.TensorShape([None, *t.shape[1:]])
+
+    return beams._replace(
+        **{name: loose(getattr(beams, name)) for name in _Beams._fields[:-3]},
+        coverage=tf.TensorShape([None, beams.coverage.shape[1], None]),
+        state=tf.nest.map_structure(loose, beams.state),
+        memory=decoder_step.memory_invariants(beams.memory),
+    )
+
+
+def beam_search(
+    seq2seq,
+    source_ids,
+    source_lengths,
+    beam_width: int,
+    length_penalty_weight: float,
+    coverage_penalty_weight: float,
+    max_length: int,
+):
+    """Beam search: (ids [B, k, T], scores [B, k], lengths [B, k]), best first.
+
+    The same contract as TFA's `BeamSearchDecoder` under `model.Seq2Seq.beam_search`: ids are
+    EOS-filled after each hypothesis ends, T is the number of steps run, lengths count EOS.
+
+    Args:
+      seq2seq: a `model.Seq2Seq` for which `decoder_step.supports(seq2seq.cfg)`.
+      source_ids, source_lengths: [B, S] and [B] int32.
+      beam_width, length_penalty_weight, coverage_penalty_weight, max_length: Python numbers.
+    """
+    options = _Options(beam_width, float(length_penalty_weight), float(coverage_penalty_weight))
+    weights = decoder_step.step_weights(seq2seq, seq2seq.attention_layer.compute_dtype)
+    beams = _start(
+        seq2seq, source_ids, source_lengths, beam_width, max_length, bool(options.coverage_weight)
+    )
+    batch = tf.shape(source_ids)[0]
+    results = _Results(
+        ids=tf.fill([batch, beam_width, max_length], EOS),
+        scores=tf.zeros([batch, beam_width], _FLOAT),
+        lengths=tf.zeros([batch, beam_width], tf.int32),
+    )
+
+    def body(t, beams, results):
+        embedded = seq2seq.target_embedding(beams.tokens)
+        attention, state, alignment = decoder_step.step(
+            weights, beams.memory, beams.state, embedded
+        )
+        beams = beams._replace(state=state)
+        step_log_probs, tokens = _candidates(seq2seq, beams.finished, attention, beam_width)
+        beams = _advance(beams, step_log_probs, tokens, alignment, t, options)
+        # On the last step TFA ranks nothing again, so neither does this.
+        ended = tf.logical_and(tf.reduce_all(beams.finished, axis=1), t + 1 < max_length)
+        beams, results = _retire(beams, results, ended, options)
+        return t + 1, beams, results
+
+    steps, beams, results = tf.while_loop(
+        lambda t, beams, _: tf.logical_and(t < max_length, tf.size(beams.rows) > 0),
+        body,
+        (tf.constant(0), beams, results),
+        shape_invariants=(
+            tf.TensorShape([]),
+            _invariants(beams),
+            tf.nest.map_structure(lambda t: t.shape, results),
+        ),
+    )
+    results = _write(results, beams, tf.ones_like(beams.rows, tf.bool))
+    return results.ids[:, :, :steps], results.scores, results.lengths
+
+
+class _Greedy(NamedTuple):
+    """The greedy loop state of the sentences still being translated."""
+
+    rows: object  # [b] the sentences' rows in the batch
+    tokens: object  # [b, 1] the last token
+    sequences: object  # [b, max_length] pieces so far, EOS-filled
+    state: decoder_step.State
+    memory: decoder_step.Memory
+
+
+def greedy_decode(seq2seq, source_ids, source_lengths, max_length: int):
+    """Greedy translation: (ids [B, T], lengths [B]), EOS-filled after EOS, lengths with EOS.
+
+    TFA's `BasicDecoder` with `GreedyEmbeddingSampler` takes the same choices (argmax of the
+    logits); a sentence leaves the loop at its EOS.
+    """
+    weights = decoder_step.step_weights(seq2seq, seq2seq.attention_layer.compute_dtype)
+    batch = tf.shape(source_ids)[0]
+    greedy = _Greedy(
+        rows=tf.range(batch),
+        tokens=tf.fill([batch, 1], vocab_lib.BOS_ID),
+        sequences=tf.fill([batch, max_length], EOS),
+        state=decoder_step.initial_state(batch, 1, seq2seq),
+        memory=decoder_step.encode(seq2seq, source_ids, source_lengths),
+    )
+    ids = tf.fill([batch, max_length], EOS)
+    lengths = tf.fill([batch], max_length)
+
+    def body(t, greedy, ids, lengths):
+        embedded = seq2seq.target_embedding(greedy.tokens)
+        attention, state, _ = decoder_step.step(weights, greedy.memory, greedy.state, embedded)
+        logits = seq2seq.projection(tf.cast(attention[:, 0], seq2seq.projection.compute_dtype))
+        tokens = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        at_t = tf.one_hot(t, max_length, on_value=True, off_value=False)
+        sequences = tf.where(at_t, tokens[:, None], greedy.sequences)
+        ended = tf.equal(tokens, EOS)
+        rows = tf.boolean_mask(greedy.rows, ended)[:, None]
+        ids = tf.tensor_scatter_nd_update(ids, rows, tf.boolean_mask(sequences, ended))
+        lengths = tf.tensor_scatter_nd_update(lengths, rows, tf.fill([tf.shape(rows)[0]], t + 1))
+        keep = tf.cast(tf.where(tf.logical_not(ended))[:, 0], tf.int32)
+        greedy = _Greedy(greedy.rows, tokens[:, None], sequences, state, greedy.memory)
+        return t + 1, tf.nest.map_structure(lambda x: tf.gather(x, keep), greedy), ids, lengths
+
+    loose = tf.nest.map_structure(lambda t: tf.TensorShape([None, *t.shape[1:]]), greedy)
+    loose = loose._replace(memory=decoder_step.memory_invariants(greedy.memory))
+    steps, greedy, ids, lengths = tf.while_loop(
+        lambda t, greedy, *_: tf.logical_and(t < max_length, tf.size(greedy.rows) > 0),
+        body,
+        (tf.constant(0), greedy, ids, lengths),
+        shape_invariants=(tf.TensorShape([]), loose, ids.shape, lengths.shape),
+    )
+    ids = tf.tensor_scatter_nd_update(ids, greedy.rows[:, None], greedy.sequences)
+    return ids[:, :steps], lengths
