@@ -62,7 +62,13 @@ class ModelConfig:
         True,
         "Teacher-forced training runs the decoder as one kernel with a hand-written backward "
         "pass (same maths and weights as TFA's AttentionWrapper loop); applies to Luong "
-        "attention without layer norm or scheduled sampling. False forces TFA's loop.",
+        "attention without layer norm, with or without parallel scheduled sampling. False "
+        "forces TFA's loop.",
+    )
+    weight_norm: bool = _field(
+        False,
+        "Weight-normalise the attention layer and the output projection's dense layer "
+        "(tfa.layers.WeightNormalization).",
     )
     encoder_lstm: str = _field(
         "auto",
@@ -93,6 +99,12 @@ class TrainConfig:
     )
     sampling_probability: float = _field(0.0, "Constant schedule's probability / others' cap.")
     sampling_k: float = _field(1000.0, "Schedule speed (steps for linear; k for the others).")
+    sampling_mode: str = _field(
+        "parallel",
+        "How sampled inputs are made: 'parallel' (a teacher-forced pass predicts every "
+        "position, the trained pass reads the mix; fused kernels) or 'sequential' (TFA's "
+        "decoder loop feeds each step its previous output).",
+    )
     seed: int = _field(42, "Seed of every random source in training.")
     steps_per_loop: int = _field(50, "Steps run inside one tf.function call between logs.")
     checkpoint_every: int = _field(500, "Save a checkpoint every this many steps.")
@@ -107,7 +119,11 @@ class TrainConfig:
     )
     jit_compile: bool = _field(False, "Compile the train step with XLA (TPU: always on).")
     nonfinite: str = _field("skip", "On a NaN/Inf loss or gradient: 'skip' the update or 'stop'.")
-    mixed_precision: str = _field("", "'' (float32), 'mixed_bfloat16' or 'mixed_float16'.")
+    mixed_precision: str = _field(
+        "auto",
+        "'auto' (mixed_bfloat16 on a TPU, an Ampere+ GPU or a CPU with native bfloat16; else "
+        "float32), 'float32' (also ''), 'mixed_bfloat16' or 'mixed_float16'.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +190,7 @@ def _tiny() -> ExperimentConfig:
         data=DataConfig(bucket_boundaries=(8, 16, 40), max_length=32, batch_size=16),
         model=ModelConfig(embedding_dim=32, units=32, beam_width=2, max_decode_length=40),
         train=TrainConfig(
+            mixed_precision="float32",  # the same maths and speed on every test machine
             train_steps=20,
             warmup_steps=5,
             steps_per_loop=5,
@@ -303,7 +320,8 @@ _CHOICES = {
     ("model", "encoder_lstm"): ("auto", "fused", "keras"),
     ("train", "decay"): ("constant", "rsqrt"),
     ("train", "sampling_schedule"): ("constant", "linear", "exponential", "inverse_sigmoid"),
-    ("train", "mixed_precision"): ("", "mixed_bfloat16", "mixed_float16"),
+    ("train", "mixed_precision"): ("auto", "float32", "", "mixed_bfloat16", "mixed_float16"),
+    ("train", "sampling_mode"): ("parallel", "sequential"),
     ("train", "nonfinite"): ("skip", "stop"),
     ("runtime", "strategy"): ("auto", "tpu", "multi_worker_mirrored", "mirrored", "one_device"),
 }

@@ -68,7 +68,7 @@ class Checkpointer:
                 "Resumed from %s at step %d (sampling probability %.4f, best dev BLEU %.2f).",
                 path,
                 self.state.step,
-                float(self.state.sampling_probability.numpy()),
+                float(self.state.task.sampling_probability(self.state.step)),
                 float(self.state.best_bleu.numpy()),
             )
             return self.state.step

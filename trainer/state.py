@@ -12,7 +12,7 @@ from pipeline import config as config_lib
 from pipeline import metadata as metadata_lib
 from pipeline import paths, text
 from pipeline import vocab as vocab_lib
-from trainer import data, input_position, schedules, task
+from trainer import data, input_position, precision, schedules, task
 
 
 def load_dataset_contract(data_cfg: config_lib.DataConfig):
@@ -36,8 +36,9 @@ class TrainState:
 
     Attributes:
       checkpoint: a `tf.train.Checkpoint` of everything that defines where training stands:
-        model, optimizer (step, slots, loss scale), best dev BLEU, the live scheduled-sampling
-        probability, the count of skipped non-finite steps and the input positions.
+        model, optimizer (step, slots, loss scale), best dev BLEU, the count of skipped
+        non-finite steps and the input positions. The scheduled-sampling probability is not
+        among them: it is a function of the step and the (resume-checked) config.
     """
 
     def __init__(self, cfg: config_lib.ExperimentConfig, model_dir: str, strategy):
@@ -47,18 +48,16 @@ class TrainState:
         self.source_tokenizer = text.SubwordTokenizer(self.source_tokens)
         self.target_tokenizer = text.SubwordTokenizer(self.target_tokens)
         _check_batch_fits_replicas(cfg.data.batch_size, strategy.num_replicas_in_sync)
-        tf.keras.mixed_precision.set_global_policy(cfg.train.mixed_precision or "float32")
+        policy = cfg.train.mixed_precision  # for_strategy chose it for 'auto', and logged why
+        tf.keras.mixed_precision.set_global_policy(policy)
         with strategy.scope():
             self.model = task.build_model(cfg.model, self.metadata)
-            self.optimizer = schedules.build_optimizer(cfg.train)
+            self.optimizer = schedules.build_optimizer(cfg.train, policy)
             self.task = task.TranslationTask(cfg, self.model, self.optimizer)
             _create_model_variables(self.model, cfg.model.units)
             self.optimizer.build(self.model.trainable_variables)
-            self._float32_twin = self._build_float32_twin() if cfg.train.mixed_precision else None
+            self._float32_twin = self._build_float32_twin() if policy != precision.FLOAT32 else None
             self.best_bleu = tf.Variable(-1.0, trainable=False, name="best_bleu")
-            self.sampling_probability = tf.Variable(
-                0.0, trainable=False, name="sampling_probability"
-            )
             self.nonfinite_steps = tf.Variable(0.0, trainable=False, name="nonfinite_steps")
         # Outside the strategy: one plain copy per worker, assigned in cross-replica context
         # with the positions gathered from every replica; its row count follows the replicas.
@@ -72,7 +71,6 @@ class TrainState:
             model=self.model,
             optimizer=self.optimizer,
             best_bleu=self.best_bleu,
-            sampling_probability=self.sampling_probability,
             nonfinite_steps=self.nonfinite_steps,
             input_positions=self.input_positions,
         )

@@ -92,7 +92,6 @@ class StepRunner:
             totals = tf.zeros([len(METRICS)])
             for _ in tf.range(num_steps):
                 step = state.optimizer.iterations
-                state.sampling_probability.assign(state.task.sampling_probability(step))
                 metrics, positions = strategy.run(replica_step, args=(next(iterator), step))
                 metrics = strategy.reduce(tf.distribute.ReduceOp.SUM, metrics, axis=None)
                 totals += tf.minimum(metrics, _CAPS)

@@ -58,7 +58,10 @@ class TrainLog:
             "perplexity": round(math.exp(min(metrics["nll_sum"] / tokens, 50.0)), 2),
             "learning_rate": float(tf.keras.backend.get_value(optimizer.learning_rate)),
             "grad_norm": round(metrics["grad_norm"] / output.steps, 3),
-            "sampling_probability": round(float(self.state.sampling_probability.numpy()), 4),
+            # The schedule is a function of the step: the probability the last step used.
+            "sampling_probability": round(
+                float(self.state.task.sampling_probability(output.step - 1)), 4
+            ),
             "steps_per_second": round(output.steps / seconds, 2),
             "tokens_per_second": round((metrics["tokens"] + metrics["source_tokens"]) / seconds, 1),
         }
