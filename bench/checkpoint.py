@@ -40,16 +40,14 @@ def main():
     cfg = config.build_config("attention_seq2seq/base", params_override=f"data.data_dir={data_dir}")
     with tempfile.TemporaryDirectory() as model_dir:
         trainer = train_loop.Trainer(cfg, model_dir, tf.distribute.get_strategy())
-        iterator = iter(trainer._dataset(0))
-        train_fn = trainer._make_train_fn()
-        train_fn(iterator, tf.constant(10))  # trace and warm up
+        trainer.runner.run(10)  # trace and warm up
         started = time.perf_counter()
-        train_fn(iterator, tf.constant(args.steps))
+        trainer.runner.run(args.steps)
         step_seconds = (time.perf_counter() - started) / args.steps
         save_seconds = []
         for number in range(args.saves):
             started = time.perf_counter()
-            path = trainer.manager.save(checkpoint_number=number)
+            path = trainer.checkpoints.manager.save(checkpoint_number=number)
             save_seconds.append(time.perf_counter() - started)
         size = sum(
             os.path.getsize(os.path.join(model_dir, "checkpoints", f))

@@ -81,7 +81,7 @@ def load_trainer(run_dir: str) -> train_loop.Trainer:
         cfg = config_lib.from_dict(yaml.safe_load(f))
     trainer = train_loop.Trainer(cfg, run_dir, tf.distribute.get_strategy())
     if not trainer.restore_best():
-        latest = trainer.manager.latest_checkpoint
+        latest = trainer.checkpoints.manager.latest_checkpoint
         if latest is None:
             raise SystemExit(f"{run_dir} has neither best/ nor checkpoints/ to restore.")
         # read(), not Trainer.restore(): restoring also truncates the run's history files.

@@ -4,12 +4,15 @@ On the same cached batches of the bundled corpus (reference config, graph mode, 
 --params_override says otherwise) it times: the input pipeline alone; the encoder forward; the
 encoder and decoder loop forward (no projection); the whole forward with the projection and loss;
 forward and backward; and the full step (all-reduce, clipping, Adam). The differences are the
-cost of each stage. Run it alone on the machine.
+cost of each stage. Then the full step again with scheduled sampling at p = 0.25 in each mode
+(`train.sampling_mode`), as a ratio to the teacher-forced step, in wall time and in this
+process's CPU time: on a busy machine only the CPU-time ratio means much. Run it alone.
 
   .venv/bin/python bench/profile_step.py [--batches 40] [--params_override ...]
 """
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -50,6 +53,7 @@ def main():
     overrides = f"data.data_dir={data_dir},model.dropout=0.0"
     if args.params_override:
         overrides += "," + args.params_override
+    overrides = f"train.mixed_precision=float32,{overrides}"  # --params_override may change it
     cfg = config.build_config("attention_seq2seq/base", params_override=overrides)
     trainer = train_loop.Trainer(cfg, "/tmp/bench-profile-unused", tf.distribute.get_strategy())
     dataset = data.make_train_dataset(cfg.data, cfg.train.seed)
@@ -111,7 +115,70 @@ def main():
         previous = seconds
     common.print_table(rows, ["stage", "ms", "share_of_step"])
     print(f"step {total * 1e3:.0f} ms for {tokens:.0f} tokens: {tokens / total:.0f} tokens/s")
-    print("written", common.write_json("profile_step", {"stages": rows, "tokens": tokens}))
+    sampling_rows = _time_sampling_modes(cfg, trainer, batches)
+    print()
+    common.print_table(sampling_rows, ["step", "ms", "vs_forced", "cpu_ms", "cpu_vs_forced"])
+    payload = {"stages": rows, "tokens": tokens, "sampling": sampling_rows}
+    print("written", common.write_json("profile_step", payload))
+
+
+def _time_sampling_modes(cfg, trainer, batches) -> list[dict]:
+    """The full step without and with scheduled sampling (p = 0.25), interleaved."""
+    import tensorflow as tf
+
+    from trainer import task as task_lib
+
+    step = tf.constant(0, tf.int64)
+    steps = {}
+    for name, changes in [
+        ("teacher forcing", {}),
+        ("parallel sampling", {"sampling_mode": "parallel"}),
+        ("sequential sampling", {"sampling_mode": "sequential"}),
+    ]:
+        if changes:  # a constant p, whatever schedule --params_override set
+            changes.update(sampling_schedule="constant", sampling_probability=0.25)
+        train = dataclasses.replace(cfg.train, **changes)
+        task = task_lib.TranslationTask(
+            dataclasses.replace(cfg, train=train), trainer.model, trainer.optimizer
+        )
+        steps[name] = tf.function(
+            lambda batch, task=task: trainer.strategy.run(task.train_step, args=(batch, step))[
+                "loss_sum"
+            ],
+            reduce_retracing=True,
+        )
+    for fn in steps.values():  # traces
+        for batch in batches[:3]:
+            fn(batch)
+    wall = {name: [] for name in steps}
+    cpu = {name: [] for name in steps}
+    for _ in range(3):  # rounds of each mode in turn, so load changes hit all of them alike
+        for name, fn in steps.items():
+            wall_s, cpu_s = _time_both(fn, batches)
+            wall[name].append(wall_s)
+            cpu[name].append(cpu_s)
+    forced_wall = statistics.median(wall["teacher forcing"])
+    forced_cpu = statistics.median(cpu["teacher forcing"])
+    return [
+        {
+            "step": name,
+            "ms": round(statistics.median(wall[name]) * 1e3, 1),
+            "vs_forced": round(forced_wall / statistics.median(wall[name]), 3),
+            "cpu_ms": round(statistics.median(cpu[name]) * 1e3, 1),
+            "cpu_vs_forced": round(forced_cpu / statistics.median(cpu[name]), 3),
+        }
+        for name in steps
+    ]
+
+
+def _time_both(fn, batches) -> tuple[float, float]:
+    """Mean wall and process CPU seconds per batch over one pass."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for batch in batches:
+        out = fn(batch)
+    float(out)
+    count = len(batches)
+    return (time.perf_counter() - started) / count, (time.process_time() - cpu_started) / count
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
 """Training speed of the reference model: source+target non-padding tokens per second.
 
-Each variant (graph mode or XLA, float32 or bfloat16, scheduled sampling off or on) runs in its
-own process on the bundled corpus with the reference config (`attention_seq2seq/base`: 256-wide
-embeddings and LSTMs, bidirectional + residual 2-layer encoder, 2-layer Luong decoder, 8k-ish
-WordPiece vocabularies, batch 64, dropout 0) and the runtime a user gets by default (on a
-CPU-only host: two half-batch replicas, `runtime.cpu_replicas`). After one warm-up window
-(tracing, XLA compiles), it times `--windows` windows of 25 steps and reports the median. The XLA
-compile count is read from XLA's own log, switched on for the XLA variants only. Run it alone:
-2 cores, and any other job halves the figure.
+Each variant (graph mode or XLA, float32 or bfloat16, scheduled sampling off, parallel or
+sequential) runs in its own process on the bundled corpus with the reference config
+(`attention_seq2seq/base`: 256-wide embeddings and LSTMs, bidirectional + residual 2-layer
+encoder, 2-layer Luong decoder, 8k-ish WordPiece vocabularies, batch 64, dropout 0) and the
+runtime a user gets by default (on a CPU-only host: two half-batch replicas,
+`runtime.cpu_replicas`). After one warm-up window (tracing, XLA compiles), it times `--windows`
+windows of 25 steps and reports the median, and its ratio to the teacher-forced variant of the
+same precision and compiler in the same run (`vs_forced`). Scheduled sampling runs at a constant
+probability of 0.25 (`_all`: 1.0, the parallel mode's worst case). The XLA compile count is read
+from XLA's own log, switched on for the XLA variants only. Run it alone: 2 cores, and any other
+job halves the figure.
 
-  .venv/bin/python bench/train.py [--variants graph,xla,graph_sampling,...] [--windows 8]
+  .venv/bin/python bench/train.py [--variants graph,graph_parallel,...] [--windows 8]
 """
 
 import argparse
@@ -25,25 +28,36 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import common  # noqa: E402
 
 WINDOW = 25
+F32, BF16 = "train.mixed_precision=float32", "train.mixed_precision=mixed_bfloat16"
+FP16 = "train.mixed_precision=mixed_float16"
+GRAPH, XLA = "train.jit_compile=false", "train.jit_compile=true"
+PARALLEL = "train.sampling_probability=0.25,train.sampling_mode=parallel"
+PARALLEL_ALL = "train.sampling_probability=1.0,train.sampling_mode=parallel"
+SEQUENTIAL = "train.sampling_probability=0.25,train.sampling_mode=sequential"
+ONE_REPLICA = "runtime.cpu_replicas=1"
+# name: (overrides, the teacher-forced variant it is compared with)
 VARIANTS = {
-    "graph": "train.jit_compile=false",
-    "graph_1replica": "train.jit_compile=false,runtime.cpu_replicas=1",
-    "graph_buckets": "train.jit_compile=false,data.sort_pool=0",
-    "graph_sampling": "train.jit_compile=false,train.sampling_probability=0.25",
-    "graph_bf16": "train.jit_compile=false,train.mixed_precision=mixed_bfloat16",
+    "graph": ((GRAPH, F32), "graph"),
+    "graph_parallel": ((GRAPH, F32, PARALLEL), "graph"),
+    "graph_parallel_all": ((GRAPH, F32, PARALLEL_ALL), "graph"),
+    "graph_sequential": ((GRAPH, F32, SEQUENTIAL), "graph"),
+    "graph_weight_norm": ((GRAPH, F32, "model.weight_norm=true"), "graph"),
+    "graph_1replica": ((GRAPH, F32, ONE_REPLICA), "graph"),
+    "graph_buckets": ((GRAPH, F32, "data.sort_pool=0"), "graph"),
+    "graph_bf16": ((GRAPH, BF16), "graph_bf16"),
+    "graph_bf16_parallel": ((GRAPH, BF16, PARALLEL), "graph_bf16"),
+    "graph_bf16_sequential": ((GRAPH, BF16, SEQUENTIAL), "graph_bf16"),
+    "graph_bf16_1replica": ((GRAPH, BF16, ONE_REPLICA), "graph_bf16"),
     # float16 is the GPU mixed precision (bench/gpu_check.py); on a CPU it is emulated and slow.
-    "graph_fp16": "train.jit_compile=false,train.mixed_precision=mixed_float16",
-    "graph_bf16_1replica": (
-        "train.jit_compile=false,train.mixed_precision=mixed_bfloat16,runtime.cpu_replicas=1"
-    ),
-    "xla": "train.jit_compile=true",
-    "xla_sampling": "train.jit_compile=true,train.sampling_probability=0.25",
+    "graph_fp16": ((GRAPH, FP16), "graph"),
+    "xla": ((XLA, F32), "xla"),
+    "xla_parallel": ((XLA, F32, PARALLEL), "xla"),
+    "xla_sequential": ((XLA, F32, SEQUENTIAL), "xla"),
 }
 
 
 def measure(data_dir: str, overrides: str, windows: int) -> dict:
     """Runs in the child process: returns the timed windows of one variant."""
-    import tensorflow as tf
 
     from pipeline import config
     from trainer import distribution, train_loop
@@ -54,13 +68,11 @@ def measure(data_dir: str, overrides: str, windows: int) -> dict:
     )
     strategy = distribution.build_strategy(cfg.runtime, distribution.cpu_replicas(cfg))
     trainer = train_loop.Trainer(cfg, "/tmp/bench-train-unused", strategy)
-    iterator = iter(trainer._dataset(0))
-    train_fn = trainer._make_train_fn()
     rates, steps_per_second = [], []
     for window in range(windows + 1):
         started = time.perf_counter()
-        totals = train_fn(iterator, tf.constant(WINDOW))
-        tokens = float(totals["tokens"]) + float(totals["source_tokens"])
+        totals = trainer.runner.run(WINDOW)
+        tokens = totals["tokens"] + totals["source_tokens"]
         seconds = time.perf_counter() - started
         if window:  # the first window traces and compiles
             rates.append(tokens / seconds)
@@ -69,7 +81,7 @@ def measure(data_dir: str, overrides: str, windows: int) -> dict:
         "tokens_per_second": round(statistics.median(rates), 1),
         "steps_per_second": round(statistics.median(steps_per_second), 2),
         "windows": [round(r, 1) for r in rates],
-        "final_loss": round(float(totals["loss_sum"]) / float(totals["tokens"]), 4),
+        "final_loss": round(totals["loss_sum"] / totals["tokens"], 4),
         "replicas": strategy.num_replicas_in_sync,
     }
 
@@ -91,6 +103,15 @@ def run_variant(name: str, data_dir: str, windows: int) -> dict:
     return {"variant": name, **out}
 
 
+def _add_ratios(rows):
+    """`vs_forced`: tokens/s over the same run's teacher-forced variant (same precision and
+    compiler), where that variant was measured."""
+    rates = {row["variant"]: row["tokens_per_second"] for row in rows}
+    for row in rows:
+        baseline = rates.get(VARIANTS[row["variant"]][1])
+        row["vs_forced"] = round(row["tokens_per_second"] / baseline, 3) if baseline else "-"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", default=common.DEFAULT_DATA_DIR)
@@ -101,7 +122,7 @@ def main():
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = measure(args.data_dir, VARIANTS[args.child], args.windows)
+        result = measure(args.data_dir, ",".join(VARIANTS[args.child][0]), args.windows)
         print("RESULT " + json.dumps(result))
         return
     names = [v for v in args.variants.split(",") if v]
@@ -113,12 +134,14 @@ def main():
     for name in names:
         print(f"measuring {name} ...", flush=True)
         rows.append(run_variant(name, data_dir, args.windows))
+    _add_ratios(rows)
     common.print_table(
         rows,
         [
             "variant",
             "replicas",
             "tokens_per_second",
+            "vs_forced",
             "steps_per_second",
             "xla_compiles",
             "final_loss",

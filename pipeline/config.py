@@ -37,7 +37,9 @@ class DataConfig:
         "Sentence pairs per replica; > 0 sets the global batch (data.batch_size) to this times "
         "the replicas in sync at start-up. 0 keeps data.batch_size as the global batch.",
     )
-    shuffle_buffer: int = _field(8192, "Examples in the shuffle buffer.")
+    shuffle_buffer: int = _field(
+        8192, "Training records shuffled together: each epoch permutes blocks of this many."
+    )
     sort_pool: int = _field(
         32, "Batches per length-sorted pool; 0 pads to buckets (always so under XLA/TPU)."
     )
@@ -60,7 +62,13 @@ class ModelConfig:
         True,
         "Teacher-forced training runs the decoder as one kernel with a hand-written backward "
         "pass (same maths and weights as TFA's AttentionWrapper loop); applies to Luong "
-        "attention without layer norm or scheduled sampling. False forces TFA's loop.",
+        "attention without layer norm, with or without parallel scheduled sampling. False "
+        "forces TFA's loop.",
+    )
+    weight_norm: bool = _field(
+        False,
+        "Weight-normalise the attention layer and the output projection's dense layer "
+        "(tfa.layers.WeightNormalization).",
     )
     encoder_lstm: str = _field(
         "auto",
@@ -91,15 +99,31 @@ class TrainConfig:
     )
     sampling_probability: float = _field(0.0, "Constant schedule's probability / others' cap.")
     sampling_k: float = _field(1000.0, "Schedule speed (steps for linear; k for the others).")
+    sampling_mode: str = _field(
+        "parallel",
+        "How sampled inputs are made: 'parallel' (a teacher-forced pass predicts every "
+        "position, the trained pass reads the mix; fused kernels) or 'sequential' (TFA's "
+        "decoder loop feeds each step its previous output).",
+    )
     seed: int = _field(42, "Seed of every random source in training.")
     steps_per_loop: int = _field(50, "Steps run inside one tf.function call between logs.")
     checkpoint_every: int = _field(500, "Save a checkpoint every this many steps.")
     keep_checkpoints: int = _field(3, "Checkpoints kept on disk.")
     eval_every: int = _field(1000, "Evaluate dev loss and BLEU every this many steps.")
     eval_sentences: int = _field(200, "Dev sentences decoded for BLEU during training.")
+    eval_loss_sentences: int = _field(
+        2000, "Dev pairs scored for loss and perplexity at each evaluation (-1: the whole split)."
+    )
+    test_sentences: int = _field(
+        -1, "Test sentences decoded and scored at the end of training (-1: the whole split)."
+    )
     jit_compile: bool = _field(False, "Compile the train step with XLA (TPU: always on).")
     nonfinite: str = _field("skip", "On a NaN/Inf loss or gradient: 'skip' the update or 'stop'.")
-    mixed_precision: str = _field("", "'' (float32), 'mixed_bfloat16' or 'mixed_float16'.")
+    mixed_precision: str = _field(
+        "auto",
+        "'auto' (mixed_bfloat16 on a TPU, an Ampere+ GPU or a CPU with native bfloat16; else "
+        "float32), 'float32' (also ''), 'mixed_bfloat16' or 'mixed_float16'.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +190,7 @@ def _tiny() -> ExperimentConfig:
         data=DataConfig(bucket_boundaries=(8, 16, 40), max_length=32, batch_size=16),
         model=ModelConfig(embedding_dim=32, units=32, beam_width=2, max_decode_length=40),
         train=TrainConfig(
+            mixed_precision="float32",  # the same maths and speed on every test machine
             train_steps=20,
             warmup_steps=5,
             steps_per_loop=5,
@@ -295,7 +320,8 @@ _CHOICES = {
     ("model", "encoder_lstm"): ("auto", "fused", "keras"),
     ("train", "decay"): ("constant", "rsqrt"),
     ("train", "sampling_schedule"): ("constant", "linear", "exponential", "inverse_sigmoid"),
-    ("train", "mixed_precision"): ("", "mixed_bfloat16", "mixed_float16"),
+    ("train", "mixed_precision"): ("auto", "float32", "", "mixed_bfloat16", "mixed_float16"),
+    ("train", "sampling_mode"): ("parallel", "sequential"),
     ("train", "nonfinite"): ("skip", "stop"),
     ("runtime", "strategy"): ("auto", "tpu", "multi_worker_mirrored", "mirrored", "one_device"),
 }
@@ -355,6 +381,9 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
             f"data.batch_size={data.batch_size} must be divisible by "
             f"runtime.cpu_replicas={config.runtime.cpu_replicas}"
         )
+    for name in ("eval_loss_sentences", "test_sentences"):
+        if getattr(train, name) == 0 or getattr(train, name) < -1:
+            problems.append(f"train.{name} must be positive or -1 (all)")
     if data.sort_pool < 0:
         problems.append("data.sort_pool must be >= 0")
     if data.per_replica_batch_size < 0:
@@ -364,6 +393,12 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
             "model.encoder_lstm='keras' needs model.layer_norm=false (cuDNN has no layer norm) "
             "and train.jit_compile=false (a Keras LSTM inside XLA recompiles every step; README, "
             "\"Known traps\"); use 'fused' or 'auto'"
+        )
+    if train.nonfinite == "stop" and train.mixed_precision == "mixed_float16":
+        problems.append(
+            "train.nonfinite=stop cannot run with train.mixed_precision=mixed_float16: dynamic "
+            "loss scaling skips the updates that overflow while the scale settles, so the run "
+            "would stop at the first; use train.nonfinite=skip (skipped updates are counted)"
         )
     if train.clip_norm < 0:
         problems.append("train.clip_norm must be >= 0")
@@ -377,8 +412,9 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
 
 
 # Fields a resumed run may change without breaking exact continuation: where things are
-# written, how long to run, how often to log, save and evaluate, and which devices and kernels
-# compute the same maths.
+# written, how long to run, how often to log, save and evaluate, which devices and kernels
+# compute the same maths, and how a process splits its batch among replicas (the batch at a
+# step depends on the number of workers, not replicas).
 RESUME_SAFE_FIELDS = frozenset(
     {
         "data.data_dir",
@@ -390,8 +426,11 @@ RESUME_SAFE_FIELDS = frozenset(
         "train.keep_checkpoints",
         "train.eval_every",
         "train.eval_sentences",
+        "train.eval_loss_sentences",
+        "train.test_sentences",
         "model.encoder_lstm",
         "runtime.strategy",
+        "runtime.cpu_replicas",
         "runtime.tpu",
     }
 )

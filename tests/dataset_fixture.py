@@ -95,14 +95,15 @@ def write_dataset(root: str, pairs: list[tuple[str, str]], size: int = 1000) -> 
 
 
 def tiny_trainer(data_dir: str, model_dir: str):
-    """An untrained `attention_seq2seq/tiny` trainer on `data_dir`, seeded for repeatability."""
+    """The model side of an untrained `attention_seq2seq/tiny` trainer on `data_dir` (its
+    `state.TrainState`, which export, plots and averaging take), seeded for repeatability."""
     from pipeline import config as config_lib
-    from trainer import train_loop
+    from trainer import state
 
     cfg = config_lib.get_experiment("attention_seq2seq/tiny")
     cfg = config_lib.validate(config_lib.merge(cfg, {"data": {"data_dir": data_dir}}, "test"))
     tf.keras.utils.set_random_seed(0)
-    return train_loop.Trainer(cfg, model_dir, tf.distribute.get_strategy())
+    return state.TrainState(cfg, model_dir, tf.distribute.get_strategy())
 
 
 def read_history(model_dir: str, name: str = "train_history.jsonl") -> list[dict]:

@@ -10,16 +10,16 @@ import tensorflow as tf
 from absl import logging
 
 
-def average_checkpoints(checkpoint_paths: list[str], trainer) -> None:
-    """Assigns the mean of the checkpoints' model weights to `trainer.model`.
+def average_checkpoints(checkpoint_paths: list[str], state) -> None:
+    """Assigns the mean of the checkpoints' model weights to `state.model`.
 
     Each checkpoint is read into the live model through a checkpoint that tracks the model alone,
     so variables are matched by their object-graph names (`model/...`), exactly as a restore
     matches them, and optimizer slots in the files are ignored.
 
     Args:
-      checkpoint_paths: checkpoint prefixes (e.g. `trainer.saved_checkpoints()[-n:]`).
-      trainer: a `train_loop.Trainer`; its model's weights are replaced by the mean.
+      checkpoint_paths: checkpoint prefixes (e.g. `Trainer.saved_checkpoints()[-n:]`).
+      state: a `state.TrainState` (or a trainer); its model's weights are replaced by the mean.
 
     Raises:
       ValueError: no paths were given.
@@ -33,8 +33,8 @@ def average_checkpoints(checkpoint_paths: list[str], trainer) -> None:
                 f"{path} is not a checkpoint ({path}.index is missing); pass prefixes such as "
                 "model_dir/checkpoints/ckpt-1000, as listed in that directory's 'checkpoint' file."
             )
-    variables = trainer.model.variables
-    model_only = tf.train.Checkpoint(model=trainer.model)
+    variables = state.model.variables
+    model_only = tf.train.Checkpoint(model=state.model)
     sums = [np.zeros(v.shape, np.float64) for v in variables]
     for path in checkpoint_paths:
         status = model_only.read(path)

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from trainer import recurrent
+from trainer import layers, recurrent
 
 STATE_DTYPE = recurrent.STATE_DTYPE
 
@@ -58,7 +58,11 @@ def supports(cfg: config_lib.ModelConfig) -> bool:
 
 
 def step_weights(seq2seq, dtype) -> StepWeights:
-    """The model's decoder weights in the products' `dtype` (biases and scale in float32)."""
+    """The model's decoder weights in the products' `dtype` (biases and scale in float32).
+
+    A weight-normalised attention layer gives its normalised kernel, formed here once per search
+    as the training kernel forms it once per step (`layers.dense_kernel_and_bias`).
+    """
     cell = seq2seq.decoder_cell
     kernels, biases = [], []
     for layer in cell.cells:
@@ -69,7 +73,7 @@ def step_weights(seq2seq, dtype) -> StepWeights:
         step_kernels=tuple(kernels),
         biases=tuple(biases),
         residual=residual,
-        attention_kernel=tf.cast(seq2seq.attention_layer.kernel, dtype),
+        attention_kernel=tf.cast(layers.dense_kernel_and_bias(seq2seq.attention_layer)[0], dtype),
         scale=recurrent.full_precision(seq2seq.attention.scale_weight),
     )
 
@@ -100,7 +104,7 @@ def initial_state(batch, hypotheses: int, seq2seq) -> State:
     """Zero cell states and attention, as `AttentionWrapper.get_initial_state` gives them."""
     units = seq2seq.cfg.units
     zeros = tf.zeros([batch, hypotheses, units], STATE_DTYPE)
-    width = seq2seq.attention_layer.units
+    width = layers.unwrap_dense(seq2seq.attention_layer).units
     attention = tf.zeros([batch, hypotheses, width], STATE_DTYPE)
     return State(attention, tuple((zeros, zeros) for _ in seq2seq.decoder_cell.cells))
 

@@ -3,8 +3,8 @@
 - `inspect_host` reads what this process can see (GPUs, TPU chips, TF_CONFIG) once, at start-up;
   nothing else reads device lists, so tests fake this one function.
 - `choose_strategy` maps the config and the host to a strategy name; `build_strategy` creates it.
-- `for_strategy` derives the config values that depend on it: the global batch, XLA under TPUs,
-  the encoder's LSTM implementation.
+- `for_strategy` derives the config values that depend on it: the precision 'auto' picks, the
+  global batch, XLA under TPUs, the encoder's LSTM implementation.
 - `is_chief` / `write_dir`: exactly one process writes.
 
 Create the strategy before any other TF op: MultiWorkerMirroredStrategy must configure the
@@ -22,7 +22,7 @@ import tensorflow as tf
 from absl import logging
 
 from pipeline import config as config_lib
-from trainer import tpu
+from trainer import precision, tpu
 
 # The coordinator's own CPU; under TPUStrategy evaluation and decoding run there (see
 # `evaluation_scope`).
@@ -222,8 +222,16 @@ def _log_batch(cfg: config_lib.ExperimentConfig, replicas: int) -> None:
 def for_strategy(
     cfg: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy
 ) -> config_lib.ExperimentConfig:
-    """`resolve` for the replicas and devices of `strategy`."""
-    return resolve(cfg, strategy.num_replicas_in_sync, device_kind(strategy))
+    """`resolve` for the replicas and devices of `strategy`, after `precision.resolve`.
+
+    The precision is chosen first because the encoder's LSTM follows it (cuDNN cannot run the
+    bfloat16 that 'auto' picks on an Ampere GPU); the config then names the policy itself.
+    """
+    kind = device_kind(strategy)
+    choice = precision.resolve(cfg.train.mixed_precision, kind)
+    logging.info("Precision %s.", choice.reason)
+    cfg = config_lib.merge(cfg, {"train": {"mixed_precision": choice.policy}}, where="precision")
+    return resolve(cfg, strategy.num_replicas_in_sync, kind)
 
 
 def evaluation_scope(strategy: tf.distribute.Strategy):

@@ -1,4 +1,5 @@
-"""Building blocks of the seq2seq: stateless dropout, the stacked decoder cell, the encoder.
+"""Building blocks of the seq2seq: stateless dropout, the stacked decoder cell, the encoder,
+dense layers (optionally weight-normalised) and the output projection.
 
 Dropout is stateless and keyed on a seed the caller derives from the step, so resuming from a
 checkpoint reproduces the masks an uninterrupted run would have used.
@@ -26,6 +27,32 @@ def stateless_dropout(x, rate: float, seed, training: bool):
     if not training or rate <= 0.0:
         return x
     return x * dropout_mask(tf.shape(x), rate, seed, x.dtype)
+
+
+def build_dense(units: int, weight_norm: bool, name: str, use_bias: bool = True):
+    """A Dense layer, or the same layer under TFA's weight normalisation (w = g v / |v|, one g
+    per output unit; Salimans & Kingma, 2016)."""
+    dense = tf.keras.layers.Dense(units, use_bias=use_bias, name=name)
+    if weight_norm:
+        return tfa_lib.WeightNormalization(dense, name=f"{name}_weight_norm")
+    return dense
+
+
+def unwrap_dense(layer) -> tf.keras.layers.Dense:
+    """The Dense layer of a `build_dense` layer."""
+    return layer.layer if isinstance(layer, tfa_lib.WeightNormalization) else layer
+
+
+def dense_kernel_and_bias(layer):
+    """The kernel a `build_dense` layer applies (normalised if weight-normalised), and its bias.
+
+    For the code that reads weights instead of calling the layer (the fused decoder, the
+    projection's label-smoothing terms). The normalisation is the wrapper's own formula, in the
+    variables' dtype (float32), so the value matches what a float32 call of the layer applies.
+    """
+    if isinstance(layer, tfa_lib.WeightNormalization):
+        return tfa_lib.weight_normalized_kernel(layer), layer.layer.bias
+    return layer.kernel, layer.bias
 
 
 def build_lstm_cell(units: int, layer_norm: bool, name: str):
@@ -211,16 +238,17 @@ class OutputProjection(tf.keras.layers.Layer):
     """Decoder outputs -> vocabulary logits, optionally tied to the target embedding.
 
     Tied: a dense layer down to the embedding width, then the transposed embedding matrix.
+    With `weight_norm` the dense layer is weight-normalised (`build_dense`).
     """
 
-    def __init__(self, vocab_size: int, tied_embedding=None, **kw):
+    def __init__(self, vocab_size: int, tied_embedding=None, weight_norm: bool = False, **kw):
         super().__init__(**kw)
         self.vocab_size = vocab_size
         self.tied_embedding = tied_embedding
         if tied_embedding is None:
-            self.dense = tf.keras.layers.Dense(vocab_size, name="dense")
-        else:
-            self.dense = tf.keras.layers.Dense(tied_embedding.output_dim, name="pre_projection")
+            self.dense = build_dense(vocab_size, weight_norm, "dense")
+        else:  # weight norm applies to the dense layer; the tied embedding stays as it is
+            self.dense = build_dense(tied_embedding.output_dim, weight_norm, "pre_projection")
 
     def build(self, input_shape):
         if self.tied_embedding is not None:
@@ -244,8 +272,9 @@ class OutputProjection(tf.keras.layers.Layer):
         hidden = self.dense(outputs) if self.tied_embedding is not None else outputs
         hidden = tf.cast(hidden, tf.float32)
         if self.tied_embedding is None:
-            rows = tf.transpose(tf.cast(self.dense.kernel, tf.float32))  # [V, H]
-            bias = tf.cast(self.dense.bias, tf.float32)
+            kernel, bias = dense_kernel_and_bias(self.dense)
+            rows = tf.transpose(tf.cast(kernel, tf.float32))  # [V, H]
+            bias = tf.cast(bias, tf.float32)
         else:
             rows = tf.cast(self.tied_embedding.embeddings, tf.float32)  # [V, D]
             bias = tf.cast(self.bias, tf.float32)

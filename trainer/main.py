@@ -19,7 +19,16 @@ from absl import app, flags, logging  # noqa: E402
 from pipeline import config as config_lib  # noqa: E402
 from pipeline import metadata as metadata_lib  # noqa: E402
 from pipeline import paths  # noqa: E402
-from trainer import averaging, distribution, export, plots, preemption, train_loop  # noqa: E402
+from trainer import (  # noqa: E402
+    actions,
+    averaging,
+    checkpointing,
+    distribution,
+    export,
+    plots,
+    preemption,
+    train_loop,
+)
 
 _EXPERIMENT = flags.DEFINE_string(
     "experiment", "attention_seq2seq/base", "Registered experiment to start from."
@@ -52,6 +61,9 @@ _AVERAGE_LAST_N = flags.DEFINE_integer(
     lower_bound=0,
 )
 flags.mark_flag_as_required("model_dir")
+
+TEST_RESULTS = "test_results.json"
+TEST_TRANSLATIONS = "test_translations.txt"
 
 
 def _flag_overrides() -> dict:
@@ -100,10 +112,10 @@ def main(argv):
         trainer.train(stop_requested=stop)
     except config_lib.ConfigError as e:
         raise app.UsageError(str(e)) from None
-    except train_loop.NonFiniteLossError as e:
+    except (actions.NonFiniteLossError, checkpointing.CheckpointError) as e:
         logging.error("%s", e)
         sys.exit(1)
-    if stop():
+    if trainer.preempted:  # on this worker or another: none goes on to the final evaluation
         trainer.cleanup()
         sys.exit(preemption.EXIT_CODE)
     _finish(trainer, strategy, layout)
@@ -113,22 +125,30 @@ def _finish(trainer, strategy, layout):
     """Best (or averaged) weights -> test scores -> SavedModel -> plots (chief writes)."""
     if _AVERAGE_LAST_N.value:
         averaging.average_checkpoints(
-            trainer.saved_checkpoints()[-_AVERAGE_LAST_N.value :], trainer
+            trainer.saved_checkpoints()[-_AVERAGE_LAST_N.value :], trainer.state
         )
     elif trainer.restore_best():
         logging.info(
             "Using the best dev-BLEU weights (BLEU %.2f).", float(trainer.best_bleu.numpy())
         )
-    results = trainer.evaluate("test") if _TEST.value else {}
+    results = trainer.evaluate("test", trainer.cfg.train.test_sentences) if _TEST.value else {}
     if distribution.is_chief(strategy):
         if _TEST.value:
-            with tf.io.gfile.GFile(os.path.join(layout.root, "test_results.json"), "w") as f:
-                json.dump(results, f, indent=2, ensure_ascii=False)
+            _write_test_results(results, layout)
         if _EXPORT.value:
-            path = export.export_saved_model(trainer, layout.export)
+            path = export.export_saved_model(trainer.state, layout.export)
             logging.info("Exported SavedModel to %s", path)
-        logging.info("Plots: %s", ", ".join(plots.save_run_plots(trainer)))
+        logging.info("Plots: %s", ", ".join(plots.save_run_plots(trainer.state)))
     trainer.cleanup()
+
+
+def _write_test_results(results: dict, layout):
+    """Scores to test_results.json; the translations, one per line in split order, beside it."""
+    hypotheses = results.pop("hypotheses")
+    with tf.io.gfile.GFile(os.path.join(layout.root, TEST_RESULTS), "w") as f:
+        json.dump(results, f, indent=2, ensure_ascii=False)
+    with tf.io.gfile.GFile(os.path.join(layout.root, TEST_TRANSLATIONS), "w") as f:
+        f.write("".join(hypothesis + "\n" for hypothesis in hypotheses))
 
 
 def run():

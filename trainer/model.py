@@ -6,11 +6,22 @@ with input feeding; decoding runs `beam_search` over `decoder_step` where that c
 else TFA's `BasicDecoder` and `BeamSearchDecoder`.
 """
 
+from typing import NamedTuple
+
 import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import vocab as vocab_lib
 from trainer import attention_decoder, beam_search, decoder_step, layers, sampling, tfa_lib
+
+
+class DecoderStart(NamedTuple):
+    """What every teacher-forced decoder pass over one batch starts from (`Seq2Seq.encode`)."""
+
+    initial_state: tfa_lib.AttentionWrapperState  # the attention points at this batch's memory
+    source_lengths: tf.Tensor  # [B]
+    output_mask: tf.Tensor  # [B, units]: dropout on the decoder outputs (ones without)
+    seed: tf.Tensor  # int32 [2]: the step's seed, for the decoder's dropout
 
 
 class Seq2Seq(tf.keras.Model):
@@ -33,8 +44,8 @@ class Seq2Seq(tf.keras.Model):
             self.attention = tfa_lib.BahdanauAttention(cfg.units, normalize=True, memory=None)
         # Two wrappers over the same cell, mechanism and attention layer: one records the
         # alignment history (for attention pictures), the other does not pay for it.
-        self.attention_layer = tf.keras.layers.Dense(
-            cfg.units, use_bias=False, name="attention_layer"
+        self.attention_layer = layers.build_dense(
+            cfg.units, cfg.weight_norm, "attention_layer", use_bias=False
         )
         self.attention_cell, self.attention_cell_with_history = (
             tfa_lib.AttentionWrapper(
@@ -50,6 +61,7 @@ class Seq2Seq(tf.keras.Model):
         self.projection = layers.OutputProjection(
             target_vocab_size,
             tied_embedding=self.target_embedding if cfg.tie_embeddings else None,
+            weight_norm=cfg.weight_norm,
             name="projection",
         )
 
@@ -68,27 +80,35 @@ class Seq2Seq(tf.keras.Model):
         return cell.get_initial_state(batch_size=batch_size, dtype=memory.dtype)
 
     def call(self, inputs, training=False):
-        """Teacher-forced decoder outputs [B, T, units] (no projection; see `project`).
+        """Teacher-forced decoder outputs [B, T, units] (no projection; see `projection`).
 
         Args:
           inputs: dict with source_ids [B, S], source_lengths [B], target_in [B, T],
             target_lengths [B], and optionally sampling_probability (scalar) and seed (int32 [2]).
-            With a positive sampling probability the projection runs inside the decoder loop and
-            the result is logits instead.
+            With a sampling probability the decoder runs sequential scheduled sampling
+            (`decode_sequential_sampling`): the result is logits [B, T, V] instead.
           training: enables dropout.
         """
+        start = self.encode(inputs, training)
+        probability = inputs.get("sampling_probability")
+        target_in, target_lengths = inputs["target_in"], inputs["target_lengths"]
+        if probability is None:
+            return self.decode(start, target_in, target_lengths, training)
+        return self.decode_sequential_sampling(
+            start, target_in, target_lengths, probability, training
+        )
+
+    def encode(self, inputs, training: bool) -> DecoderStart:
+        """Runs the encoder and points the attention at its memory (see `call` for `inputs`).
+
+        Every decoder pass over this batch starts from the result, until the next `encode`.
+        """
         seed = inputs.get("seed", tf.constant([0, 0], tf.int32))
-        memory, _ = self.encoder(
-            inputs["source_ids"], inputs["source_lengths"], seed, training=training
-        )
+        source_lengths = inputs["source_lengths"]
+        memory, _ = self.encoder(inputs["source_ids"], source_lengths, seed, training=training)
         batch = tf.shape(inputs["source_ids"])[0]
-        initial_state = self._setup_attention(memory, inputs["source_lengths"], batch)
-        target_in = inputs["target_in"]
-        embedded = self.target_embedding(target_in)
-        embedded = layers.stateless_dropout(
-            embedded, self.cfg.dropout, layers.fold_seed(seed, 101), training
-        )
-        output_mask = tf.ones([batch, self.cfg.units], embedded.dtype)
+        initial_state = self._setup_attention(memory, source_lengths, batch)
+        output_mask = tf.ones([batch, self.cfg.units], memory.dtype)
         if training and self.cfg.dropout > 0.0:
             output_mask = layers.dropout_mask(
                 [batch, self.cfg.units],
@@ -96,42 +116,70 @@ class Seq2Seq(tf.keras.Model):
                 layers.fold_seed(seed, 102),
                 output_mask.dtype,
             )
-        probability = inputs.get("sampling_probability")
-        if probability is None and self.uses_fused_decoder():
+        return DecoderStart(initial_state, source_lengths, output_mask, seed)
+
+    def _embed_targets(self, start: DecoderStart, target_in, training: bool):
+        embedded = self.target_embedding(target_in)
+        return layers.stateless_dropout(
+            embedded, self.cfg.dropout, layers.fold_seed(start.seed, 101), training
+        )
+
+    def decode(self, start: DecoderStart, target_in, target_lengths, training, trainable=True):
+        """Teacher-forced decoder outputs [B, T, units] for inputs `target_in` [B, T].
+
+        Args:
+          start: this batch's `encode` result.
+          target_in, target_lengths: the fed ids (BOS first) and the real lengths.
+          training: enables dropout.
+          trainable: False gives outputs without a gradient, computed without keeping
+            anything for a backward pass (the first pass of parallel scheduled sampling).
+        """
+        embedded = self._embed_targets(start, target_in, training)
+        if self.uses_fused_decoder():
             result = attention_decoder.luong_decode(
                 embedded,
-                inputs["source_lengths"],
+                start.source_lengths,
                 self.attention,
                 self.attention_layer,
                 self.decoder_cell,
+                trainable=trainable,
             )
-            return result * output_mask[:, None, :]
-        if probability is None:
-            sampler, output_layer = tfa_lib.TrainingSampler(), None
-        else:
-            sampler = sampling.DenseScheduledSampler(
-                self.target_embedding, probability, layers.fold_seed(seed, 103)
-            )
-            output_layer = layers.MaskedProjection(self.projection, output_mask)
+            return result * start.output_mask[:, None, :]
+        result = self._tfa_decode(
+            start, embedded, target_lengths, tfa_lib.TrainingSampler(), None, training
+        )
+        result *= start.output_mask[:, None, :]
+        return result if trainable else tf.stop_gradient(result)
+
+    def decode_sequential_sampling(
+        self, start: DecoderStart, target_in, target_lengths, probability, training
+    ):
+        """Logits [B, T, V] of TFA's decoder loop feeding back its own samples (Bengio et al.,
+        2015): at each step, with `probability`, a draw from the previous step's softmax."""
+        embedded = self._embed_targets(start, target_in, training)
+        sampler = sampling.DenseScheduledSampler(
+            self.target_embedding, probability, layers.fold_seed(start.seed, 103)
+        )
+        output_layer = layers.MaskedProjection(self.projection, start.output_mask)
+        return self._tfa_decode(start, embedded, target_lengths, sampler, output_layer, training)
+
+    def _tfa_decode(self, start, embedded, target_lengths, sampler, output_layer, training):
         decoder = tfa_lib.BasicDecoder(
             self.attention_cell,
             sampler,
             output_layer=output_layer,
-            maximum_iterations=tf.shape(target_in)[1],
+            maximum_iterations=tf.shape(embedded)[1],
         )
         outputs, _, _ = decoder(
             embedded,
-            initial_state=initial_state,
-            sequence_length=inputs["target_lengths"],
+            initial_state=start.initial_state,
+            sequence_length=target_lengths,
             training=training,
         )
         result = outputs.rnn_output
         # dynamic_decode stops at the longest target; pad back to the static target length.
-        pad = tf.shape(target_in)[1] - tf.shape(result)[1]
-        result = tf.pad(result, [[0, 0], [0, pad], [0, 0]])
-        if probability is None:
-            result *= output_mask[:, None, :]
-        return result
+        pad = tf.shape(embedded)[1] - tf.shape(result)[1]
+        return tf.pad(result, [[0, 0], [0, pad], [0, 0]])
 
     def _encode_for_decoding(self, source_ids, source_lengths, multiplier, alignment_history):
         memory, _ = self.encoder(source_ids, source_lengths, tf.constant([0, 0], tf.int32))

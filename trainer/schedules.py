@@ -55,16 +55,22 @@ class FusedAdam(tf.keras.optimizers.Adam):
         )
 
 
-def build_optimizer(cfg: config_lib.TrainConfig) -> tf.keras.mixed_precision.LossScaleOptimizer:
+def build_optimizer(
+    cfg: config_lib.TrainConfig, policy: str
+) -> tf.keras.mixed_precision.LossScaleOptimizer:
     """Adam on the warmup/decay schedule, inside a dynamic LossScaleOptimizer.
 
     The wrapper is the NaN/Inf guard for every precision: it skips an update whose gradients are
     not finite, across replicas, and still advances the step. float16 needs real loss scaling
     (from 2**15, growing); elsewhere the scale starts at 1 and never grows, so scaling is exact
     (only a skipped step halves it: a power of two, still exact).
+
+    Args:
+      cfg: the training config.
+      policy: the Keras precision policy training runs under (`precision.resolve`).
     """
     adam = FusedAdam(WarmupDecay(cfg.learning_rate, cfg.warmup_steps, cfg.decay), epsilon=1e-8)
-    if cfg.mixed_precision == "mixed_float16":
+    if policy == "mixed_float16":
         return tf.keras.mixed_precision.LossScaleOptimizer(adam, initial_scale=2.0**15)
     return tf.keras.mixed_precision.LossScaleOptimizer(
         adam, initial_scale=1.0, dynamic_growth_steps=2**31 - 1

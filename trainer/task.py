@@ -80,7 +80,12 @@ class TranslationTask:
         return self.cfg.train.sampling_probability > 0.0
 
     def loss(self, batch, step, training: bool):
-        """Returns (sum of token losses, number of target tokens, sum of plain NLL)."""
+        """Returns (sum of token losses, number of target tokens, sum of plain NLL).
+
+        Scheduled sampling (`train.sampling_mode`) applies when training: 'parallel' changes
+        the decoder's inputs (`sampling.parallel_sampling_outputs`) and keeps everything else
+        of teacher forcing; 'sequential' runs TFA's loop, which returns logits.
+        """
         inputs = {
             data.SOURCE_IDS: batch[data.SOURCE_IDS],
             data.SOURCE_LENGTHS: batch[data.SOURCE_LENGTHS],
@@ -88,31 +93,48 @@ class TranslationTask:
             data.TARGET_LENGTHS: batch[data.TARGET_LENGTHS],
             "seed": tf.stack([self.cfg.train.seed, tf.cast(step, tf.int32)]),
         }
-        if training and self.uses_sampling():
-            inputs["sampling_probability"] = self.sampling_probability(step)
-        outputs = self.model(inputs, training=training)
         labels = batch[data.TARGET_OUT]
         mask = tf.sequence_mask(batch[data.TARGET_LENGTHS], tf.shape(labels)[1])
-        smoothing = self.cfg.model.label_smoothing
-        if "sampling_probability" in inputs:
-            # The decoder loop projected its outputs already.
-            smoothed, nll = cross_entropy(outputs, labels, smoothing)
-            mask_f = tf.cast(mask, tf.float32)
+        static_shapes = self.cfg.train.jit_compile
+        if not (training and self.uses_sampling()):
+            outputs = self.model(inputs, training=training)
+        elif self.cfg.train.sampling_mode == sampling.SEQUENTIAL:
+            inputs["sampling_probability"] = self.sampling_probability(step)
+            return self._logits_loss(self.model(inputs, training=True), labels, mask)
         else:
-            if self.cfg.train.jit_compile:
-                mask_f = tf.cast(mask, tf.float32)  # static shapes: keep the padding, masked
-            else:
-                # Only real tokens reach the 8k-way projection: padding costs nothing.
-                outputs, labels = tf.boolean_mask(outputs, mask), tf.boolean_mask(labels, mask)
-                mask_f = 1.0
-            projection = self.model.projection
-            smoothed, nll = cross_entropy(
-                projection(outputs),
-                labels,
-                smoothing,
-                projection.label_and_mean_logits(outputs, labels) if smoothing > 0 else None,
+            outputs = sampling.parallel_sampling_outputs(
+                self.model,
+                inputs,
+                self.sampling_probability(step),
+                sampling.replica_rows(),
+                static_shapes,
             )
+        return self._outputs_loss(outputs, labels, mask, static_shapes)
+
+    def _logits_loss(self, logits, labels, mask):
+        """The loss sums of `loss` from logits [B, T, V]."""
+        smoothed, nll = cross_entropy(logits, labels, self.cfg.model.label_smoothing)
+        mask_f = tf.cast(mask, tf.float32)
+        tokens = tf.reduce_sum(mask_f)
+        return tf.reduce_sum(smoothed * mask_f), tokens, tf.reduce_sum(nll * mask_f)
+
+    def _outputs_loss(self, outputs, labels, mask, static_shapes: bool):
+        """The loss sums of `loss` from decoder outputs [B, T, units], projected here."""
         tokens = tf.reduce_sum(tf.cast(mask, tf.float32))
+        if static_shapes:
+            mask_f = tf.cast(mask, tf.float32)  # XLA: keep the padding, masked
+        else:
+            # Only real tokens reach the 8k-way projection: padding costs nothing.
+            outputs, labels = tf.boolean_mask(outputs, mask), tf.boolean_mask(labels, mask)
+            mask_f = 1.0
+        projection = self.model.projection
+        smoothing = self.cfg.model.label_smoothing
+        smoothed, nll = cross_entropy(
+            projection(outputs),
+            labels,
+            smoothing,
+            projection.label_and_mean_logits(outputs, labels) if smoothing > 0 else None,
+        )
         return tf.reduce_sum(smoothed * mask_f), tokens, tf.reduce_sum(nll * mask_f)
 
     def train_step(self, batch, step):

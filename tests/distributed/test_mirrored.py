@@ -1,6 +1,7 @@
 """Replica maths on two logical CPU devices under MirroredStrategy: per-replica batches, loss
 scaled by the global batch, clipping after the cross-replica sum. One step on two replicas must
-equal one step on one device. Runs in a child process: logical devices must be configured before
+equal one step on one device, and beam search spread over the two replicas must translate
+exactly as one device does. Runs in a child process: logical devices must be configured before
 TensorFlow starts, and the test process has started it already."""
 
 import json
@@ -26,7 +27,10 @@ def compare_one_step(data_dir: str) -> dict:
 
     cfg = config.build_config(
         "attention_seq2seq/tiny",
-        params_override=f"data.data_dir={data_dir},train.clip_norm=0.05,data.batch_size=16",
+        params_override=(
+            f"data.data_dir={data_dir},train.clip_norm=0.05,data.batch_size=16,"
+            "data.eval_batch_size=8"  # 5 test batches: a round of 2 and a last batch alone
+        ),
     )
     runs = {}
     for name, strategy in (
@@ -41,26 +45,35 @@ def compare_one_step(data_dir: str) -> dict:
                 tf.keras.optimizers.SGD(1.0), initial_scale=1.0
             )
             sgd.build(trainer.model.trainable_variables)
-        trainer.optimizer = trainer.task.optimizer = sgd
+        trainer.state.optimizer = trainer.task.optimizer = sgd
         if name == "two":
             for target, source in zip(trainer.model.variables, runs["one"]["initial"], strict=True):
                 target.assign(source)
         initial = [v.numpy() for v in trainer.model.variables]
-        # One iterator, as the trainer uses: data order is fixed per seed and iterator.
-        iterator = iter(trainer._dataset(0))
-        batch = next(iterator)
+        batch = next(iter(trainer.runner.distributed_dataset()))
         per_replica = [
             int(t.shape[0]) for t in strategy.experimental_local_results(batch["source_ids"])
         ]
-        totals = trainer._make_train_fn()(iterator, tf.constant(1))
+        totals = trainer.runner.run(1)
         runs[name] = {
             "initial": initial,
             "final": [v.numpy() for v in trainer.model.variables],
             "per_replica": per_replica,
             "loss_sum": float(totals["loss_sum"]),
             "grad_norm": float(totals["grad_norm"]),
+            "trainer": trainer,
         }
     one, two = runs["one"], runs["two"]
+    # Decoding: the same weights, one device against batches spread over two replicas. Large
+    # random weights make every sentence translate differently, so a hypothesis put in the
+    # wrong place shows (an untrained model says the same thing for every sentence).
+    rng = np.random.default_rng(0)
+    pairs = zip(one["trainer"].model.variables, two["trainer"].model.variables, strict=True)
+    for variables in pairs:
+        value = rng.normal(0.0, 0.5, variables[0].shape)
+        for variable in variables:
+            variable.assign(value.astype(variable.dtype.as_numpy_dtype))
+    translations = [run["trainer"].evaluator.translate_split("test")[1] for run in (one, two)]
     diffs = [float(np.max(np.abs(a - b))) for a, b in zip(one["final"], two["final"], strict=True)]
     moved = [
         float(np.max(np.abs(a - b))) for a, b in zip(one["final"], one["initial"], strict=True)
@@ -71,6 +84,8 @@ def compare_one_step(data_dir: str) -> dict:
         "grad_norm": [one["grad_norm"], two["grad_norm"]],
         "max_weight_diff": max(diffs),
         "max_weight_move": max(moved),
+        "decode_replicas": [one["trainer"].evaluator.replicas, two["trainer"].evaluator.replicas],
+        "translations": translations,
     }
 
 
@@ -98,3 +113,7 @@ def test_two_replicas_take_the_same_clipped_step_as_one_device(small_dataset):
     assert one_norm > 0.05 * 10, "clipping must be active for this test to mean anything"
     assert out["max_weight_move"] > 1e-4
     assert out["max_weight_diff"] < 1e-6
+    assert out["decode_replicas"] == [1, 2]
+    one_device, two_replicas = out["translations"]
+    assert len(one_device) > 30 and len(set(one_device)) == len(one_device)
+    assert two_replicas == one_device

@@ -1,5 +1,6 @@
 """Faults in a real two-process cluster started by `launch local`: a preempted (SIGTERM) job
-resumes bit-identically, and a killed worker fails the whole job fast, naming the worker."""
+resumes bit-identically; a worker killed with SIGKILL fails the whole job fast, naming the
+worker, and the restarted job ends bit-identical to an uninterrupted one."""
 
 import json
 import os
@@ -70,10 +71,27 @@ def _weights(model_dir):
     return {n: reader.get_tensor(n) for n in names}
 
 
-def test_sigterm_to_the_cluster_saves_and_resumes_bit_identical(small_dataset, tmp_path):
-    reference_dir, resumed_dir = str(tmp_path / "reference"), str(tmp_path / "resumed")
-    _run(_launch_argv(small_dataset.root, reference_dir))
+@pytest.fixture(scope="module")
+def reference(small_dataset, tmp_path_factory):
+    """An uninterrupted run: its per-step losses and final weights."""
+    model_dir = str(tmp_path_factory.mktemp("reference"))
+    _run(_launch_argv(small_dataset.root, model_dir))
+    return dataset_fixture.read_history(model_dir), _weights(model_dir)
 
+
+def _assert_identical(model_dir, reference):
+    history, weights = reference
+    resumed = dataset_fixture.read_history(model_dir)
+    assert [h["step"] for h in resumed] == list(range(1, 11))
+    assert [h["loss"] for h in resumed] == [h["loss"] for h in history]
+    actual = _weights(model_dir)
+    assert actual.keys() == weights.keys()
+    for name, value in weights.items():
+        np.testing.assert_array_equal(actual[name], value, err_msg=name)
+
+
+def test_sigterm_to_the_cluster_saves_and_resumes_bit_identical(small_dataset, tmp_path, reference):
+    resumed_dir = str(tmp_path / "resumed")
     process = _start(_launch_argv(small_dataset.root, resumed_dir))
     _wait_for_step(process, resumed_dir, 4)
     process.send_signal(signal.SIGTERM)
@@ -83,18 +101,7 @@ def test_sigterm_to_the_cluster_saves_and_resumes_bit_identical(small_dataset, t
     stopped = dataset_fixture.read_history(resumed_dir)[-1]["step"]
     assert stopped < 10
     _run(_launch_argv(small_dataset.root, resumed_dir))
-
-    reference, resumed = (
-        dataset_fixture.read_history(reference_dir),
-        dataset_fixture.read_history(resumed_dir),
-    )
-    assert [h["step"] for h in resumed] == list(range(1, 11))
-    assert [h["loss"] for h in resumed] == [h["loss"] for h in reference]
-    expected = _weights(reference_dir)
-    actual = _weights(resumed_dir)
-    assert actual.keys() == expected.keys()
-    for name, value in expected.items():
-        np.testing.assert_array_equal(actual[name], value, err_msg=name)
+    _assert_identical(resumed_dir, reference)
 
 
 def _worker_process(launcher_pid, index):
@@ -108,14 +115,18 @@ def _worker_process(launcher_pid, index):
     raise AssertionError(f"worker {index} not found under the launcher")
 
 
-def test_killing_one_trainer_worker_fails_the_job_fast_naming_it(small_dataset, tmp_path):
+def test_a_worker_killed_fails_the_job_fast_and_the_restart_is_bit_identical(
+    small_dataset, tmp_path, reference
+):
     model_dir = str(tmp_path / "run")
-    overrides = OVERRIDES.replace("train.train_steps=10", "train.train_steps=100000")
-    process = _start(_launch_argv(small_dataset.root, model_dir, overrides))
-    _wait_for_step(process, model_dir, 2)
+    process = _start(_launch_argv(small_dataset.root, model_dir))
+    _wait_for_step(process, model_dir, 5)
     _worker_process(process.pid, 1).kill()
     killed_at = time.time()
     output, _ = process.communicate(timeout=90)
     assert time.time() - killed_at < 60
     assert process.returncode != 0
     assert "worker 1 was killed by SIGKILL" in output
+    assert dataset_fixture.read_history(model_dir)[-1]["step"] < 10
+    _run(_launch_argv(small_dataset.root, model_dir))
+    _assert_identical(model_dir, reference)

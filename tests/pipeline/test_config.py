@@ -47,6 +47,10 @@ def test_config_is_frozen():
             "data.batch_size=64 must be divisible by runtime.cpu_replicas=3",
         ),
         ("runtime.cpu_replicas=2,train.jit_compile=true", "cannot run with train.jit_compile"),
+        (
+            "train.mixed_precision=mixed_float16,train.nonfinite=stop",
+            "train.nonfinite=stop cannot run with train.mixed_precision=mixed_float16",
+        ),
     ],
 )
 def test_bad_overrides_are_refused_with_the_field_named(override, message):

@@ -55,7 +55,11 @@ def _tfa_to_max_length(seq2seq, source_ids, source_lengths, beam_width, lp, cp):
 @pytest.fixture(scope="module")
 def lively():
     """A model whose beams end anywhere from step 1 to past `MAX_LENGTH`, and 24 sources."""
-    seq2seq = components._build(seed=1)
+    return _lively()
+
+
+def _lively(**changes):
+    seq2seq = components._build(seed=1, **changes)
     for variable in seq2seq.trainable_variables:
         variable.assign(variable * 3.0)
     rng = np.random.default_rng(0)
@@ -132,6 +136,24 @@ def test_beam_search_equals_tfa_run_to_max_length(
     assert ids.shape[2] == lengths.numpy().max()
     after = np.arange(ids.shape[2]) >= lengths.numpy()[..., None]
     assert np.all(ids.numpy()[after] == vocab_lib.EOS_ID)
+
+
+def test_weight_normalised_model_searches_as_tfa_does():
+    """The step reads the attention layer's normalised kernel; the projection is called."""
+    seq2seq, source_ids, source_lengths = _lively(weight_norm=True)
+    for wrapper in (seq2seq.attention_layer, seq2seq.projection.dense):
+        wrapper.g.assign(wrapper.g * tf.linspace(0.5, 1.5, wrapper.g.shape[0]))  # not |v|
+    bias = seq2seq.projection.dense.layer.bias  # EOS likelier, so beams end at many steps
+    bias.assign(tf.tensor_scatter_nd_add(bias, [[vocab_lib.EOS_ID]], [2.0]))
+    options = (4, 0.6, 0.2, MAX_LENGTH)
+    ids, scores, lengths = beam_search.beam_search(seq2seq, source_ids, source_lengths, *options)
+    ref_ids, ref_scores, ref_lengths = _tfa_to_max_length(
+        seq2seq, source_ids, source_lengths, *options[:3]
+    )
+    assert len(set(lengths.numpy().ravel())) >= 4, "the model must end beams at many steps"
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(lengths, ref_lengths)
+    assert _hypotheses(ids) == _hypotheses(ref_ids)
 
 
 def test_plain_tfa_differs_only_where_it_ends_the_batch(lively):

@@ -71,10 +71,9 @@ def test_training_steps_run_on_the_gpu(precision, small_dataset, tmp_path):
     tf.keras.utils.set_random_seed(0)
     try:
         trainer = train_loop.Trainer(cfg, str(tmp_path), strategy)
-        iterator, train_fn = iter(trainer._dataset(0)), trainer._make_train_fn()
         losses = []
         for _ in range(6):
-            totals = train_fn(iterator, tf.constant(5))
+            totals = trainer.runner.run(5)
             losses.append(float(totals["loss_sum"] / totals["tokens"]))
     finally:
         tf.keras.mixed_precision.set_global_policy("float32")

@@ -1,4 +1,5 @@
-"""Unit tests of the model's parts: dropout, residual wiring, masking, shapes and beam search."""
+"""Unit tests of the model's parts: dropout, residual wiring, masking, shapes, weight
+normalisation and beam search."""
 
 import dataclasses
 import math
@@ -9,7 +10,7 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import vocab as vocab_lib
-from trainer import layers, model
+from trainer import layers, model, tfa_lib
 
 SOURCE_VOCAB, TARGET_VOCAB = 20, 24
 
@@ -240,6 +241,67 @@ def test_output_shapes(attention, tie_embeddings, layer_norm):
     names = {v.name for v in seq2seq.trainable_variables}
     assert any("projection/dense" in n for n in names) != tie_embeddings
     assert any("pre_projection" in n for n in names) == tie_embeddings
+
+
+# Weight normalisation
+
+
+def test_weight_norm_starts_as_the_plain_layer_and_separates_length_from_direction():
+    tf.keras.utils.set_random_seed(5)
+    wrapped = layers.build_dense(6, weight_norm=True, name="normed")
+    x = tf.random.stateless_normal([4, 3], [1, 2])
+    wrapped(x)  # builds it
+    kernel, bias = layers.dense_kernel_and_bias(wrapped)
+    bias.assign(tf.linspace(-1.0, 1.0, 6))
+    y = wrapped(x)
+    # g = |v| from the start: the layer begins as the Dense it wraps, initialised as usual.
+    np.testing.assert_allclose(kernel, wrapped.v, rtol=1e-6)
+    np.testing.assert_allclose(y, x @ kernel + bias, rtol=1e-5)
+    # The length of each output unit's weights is g alone; the direction is v's.
+    wrapped.v.assign(3.0 * wrapped.v)
+    np.testing.assert_allclose(wrapped(x), y, rtol=1e-5)
+    wrapped.g.assign(2.0 * wrapped.g)
+    np.testing.assert_allclose(wrapped(x) - bias, 2.0 * (y - bias), rtol=1e-5)
+    kernel, _ = layers.dense_kernel_and_bias(wrapped)  # what the fused kernels read
+    np.testing.assert_allclose(wrapped(x), x @ kernel + bias, rtol=1e-5)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(wrapped(x) ** 2)
+    grads = tape.gradient(loss, wrapped.trainable_variables)
+    assert [v.name.split("/")[-1] for v in wrapped.trainable_variables] == [
+        "g:0",
+        "kernel:0",
+        "bias:0",
+    ]
+    assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+
+
+@pytest.mark.parametrize("tie_embeddings", [False, True])
+def test_weight_norm_wraps_the_attention_layer_and_the_projections_dense_layer(tie_embeddings):
+    seq2seq = _build(weight_norm=True, tie_embeddings=tie_embeddings)
+    plain = _build(tie_embeddings=tie_embeddings)
+    wrappers = [seq2seq.attention_layer, seq2seq.projection.dense]
+    assert all(isinstance(w, tfa_lib.WeightNormalization) for w in wrappers)
+    trainable = {id(v) for v in seq2seq.trainable_variables}
+    assert all(id(w.g) in trainable and id(w.v) in trainable for w in wrappers)
+    assert len(trainable) == len(plain.trainable_variables) + 2  # a g per wrapped layer
+    # Same initial function as the model without it (same seed, g = |v|).
+    batch = _inputs()
+    np.testing.assert_allclose(seq2seq(batch), plain(batch), rtol=1e-5, atol=1e-6)
+    hidden = tf.random.stateless_normal([2, 8], [0, 5])
+    np.testing.assert_allclose(seq2seq.projection(hidden), plain.projection(hidden), rtol=1e-5)
+
+
+def test_weight_norm_is_initialised_in_float32_under_mixed_precision():
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        seq2seq = _build(weight_norm=True)
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    wrapper = seq2seq.attention_layer
+    assert wrapper.g.dtype == tf.float32
+    norms = tf.norm(tf.convert_to_tensor(wrapper.v), axis=0)
+    np.testing.assert_allclose(tf.convert_to_tensor(wrapper.g), norms, rtol=1e-6)
+    assert seq2seq(_inputs()).dtype == tf.bfloat16
 
 
 def test_tied_projection_uses_the_target_embedding_matrix():

@@ -34,35 +34,79 @@ def _reference(fused, reverse):
     return run, cell
 
 
-def _loss(outputs, h, c, mask):
+def _loss(outputs, h, c, mask, weights):
     """Weighs every real output and both final states differently, so all gradients matter."""
-    weights = tf.random.stateless_normal(outputs.shape, [5, 6])
     real = tf.cast(mask, outputs.dtype)[:, :, None]
     return tf.reduce_sum(outputs * weights * real) + tf.reduce_sum(1.3 * h) + tf.reduce_sum(0.7 * c)
 
 
+CONTEXTS = {
+    "eager": lambda fn: fn,
+    "function": tf.function,
+    "xla": lambda fn: tf.function(fn, jit_compile=True),
+}
+
+
+def _forward_and_grads(layer, weights, x, mask, context="eager"):
+    """(outputs, h, c) and the gradients of `_loss` for x and `weights`, in `context`."""
+
+    loss_weights = tf.random.stateless_normal([BATCH, STEPS, UNITS], [5, 6])  # outside XLA
+
+    def run(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = layer(x, mask)
+            loss = _loss(*(tf.cast(o, tf.float32) for o in outputs), mask, loss_weights)
+        return outputs, tape.gradient(loss, [x, *weights])
+
+    return CONTEXTS[context](run)(x)
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
 @pytest.mark.parametrize("reverse", [False, True])
-def test_fused_lstm_matches_keras_outputs_states_and_gradients(reverse):
+def test_fused_lstm_matches_keras_outputs_states_and_gradients(reverse, context):
+    """Ours eagerly, in a tf.function (where training runs) and under XLA; Keras eagerly."""
     tf.keras.utils.set_random_seed(0)
     x, _, mask = _inputs()
     fused = recurrent.FusedLSTM(UNITS, reverse=reverse)
     fused(x, mask)
     reference, cell = _reference(fused, reverse)
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(x)
-        ours = fused(x, mask)
-        theirs = reference(x, mask)
-        our_loss, their_loss = _loss(*ours, mask), _loss(*theirs, mask)
+    ours, our_grads = _forward_and_grads(fused, fused.weights, x, mask, context)
+    keras_weights = [cell.kernel, cell.recurrent_kernel, cell.bias]
+    theirs, their_grads = _forward_and_grads(reference, keras_weights, x, mask)
     real = tf.cast(mask, tf.float32)[:, :, None]
     np.testing.assert_allclose(ours[0] * real, theirs[0] * real, atol=1e-6)
     np.testing.assert_allclose(ours[1], theirs[1], atol=1e-6)
     np.testing.assert_allclose(ours[2], theirs[2], atol=1e-6)
-    our_grads = tape.gradient(our_loss, [x, *fused.weights])
-    their_grads = tape.gradient(their_loss, [x, cell.kernel, cell.recurrent_kernel, cell.bias])
     for name, a, b in zip(
         ["x", "kernel", "recurrent", "bias"], our_grads, their_grads, strict=True
     ):
         np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("policy, tolerance", [("mixed_float16", 0.005), ("mixed_bfloat16", 0.03)])
+def test_fused_lstm_in_reduced_precision_matches_float32(policy, tolerance):
+    """Outputs, states and gradients inside a tf.function, within `tolerance` of each one's
+    largest float32 element."""
+    tf.keras.utils.set_random_seed(2)
+    x, _, mask = _inputs()
+    full = recurrent.FusedLSTM(UNITS)
+    full(x, mask)
+    low = recurrent.FusedLSTM(UNITS, dtype=policy)
+    low(x, mask)
+    for ours, theirs in zip(low.weights, full.weights, strict=True):
+        ours.assign(theirs)
+    theirs, their_grads = _forward_and_grads(full, full.weights, x, mask, "function")
+    ours, our_grads = _forward_and_grads(low, low.weights, x, mask, "function")
+    assert ours[0].dtype == low.compute_dtype != "float32"
+    assert all(g.dtype == tf.float32 for g in our_grads[1:])
+    pairs = list(zip(["outputs", "h", "c"], ours, theirs, strict=True))
+    pairs += zip(["x", "kernel", "recurrent", "bias"], our_grads, their_grads, strict=True)
+    for name, a, b in pairs:
+        scale = float(tf.reduce_max(tf.abs(b)))
+        np.testing.assert_allclose(
+            tf.cast(a, tf.float32) / scale, b / scale, atol=tolerance, err_msg=name
+        )
 
 
 def test_fused_lstm_outputs_zeros_on_padding_and_ignores_its_values():
@@ -77,28 +121,6 @@ def test_fused_lstm_outputs_zeros_on_padding_and_ignores_its_values():
     np.testing.assert_array_equal(noisy_outputs, outputs)
     np.testing.assert_array_equal(noisy_h, h)
     np.testing.assert_array_equal(noisy_c, c)
-
-
-def test_fused_lstm_runs_in_bfloat16_and_under_xla():
-    tf.keras.utils.set_random_seed(2)
-    x, _, mask = _inputs()
-    fused = recurrent.FusedLSTM(UNITS)
-    expected = fused(x, mask)[0]
-
-    @tf.function(jit_compile=True)
-    def compiled_grads(x):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(fused(x, mask)[0])
-        return tape.gradient(loss, fused.weights)
-
-    assert all(g.shape == w.shape for g, w in zip(compiled_grads(x), fused.weights, strict=True))
-    mixed = recurrent.FusedLSTM(UNITS, dtype="mixed_bfloat16")
-    mixed(x, mask)
-    for ours, theirs in zip(fused.weights, mixed.weights, strict=True):
-        theirs.assign(ours)
-    low = mixed(x, mask)[0]
-    assert low.dtype == tf.bfloat16 and mixed.kernel.dtype == tf.float32
-    np.testing.assert_allclose(tf.cast(low, tf.float32), expected, atol=0.05)
 
 
 def test_layer_norm_cells_keep_the_sequence_interface():

@@ -45,7 +45,7 @@ def _interrupt(data_dir, model_dir, after_step, sig):
         text=True,
         cwd=dataset_fixture.REPO,
     )
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a loaded machine can take minutes to start TensorFlow
     while time.time() < deadline and process.poll() is None:
         if any(h["step"] >= after_step for h in dataset_fixture.read_history(model_dir)):
             break

@@ -97,11 +97,9 @@ cfg = config.build_config("attention_seq2seq/tiny", params_override=f"data.data_
 cfg = distribution.resolve(cfg, replicas=1, kind="tpu")  # what a TPU runs: XLA, fused encoder
 strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
 trainer = train_loop.Trainer(cfg, model_dir, strategy)
-make = lambda ctx: data.make_train_dataset(cfg.data, cfg.train.seed, ctx, static_shapes=True)
-iterator = iter(strategy.distribute_datasets_from_function(make))
-train_fn = trainer._make_train_fn()
-losses = [float(train_fn(iterator, tf.constant(5))["loss_sum"]) for _ in range(steps // 5)]
-widths = [int(b[data.SOURCE_IDS].shape[1]) for b in make(None).take(steps)]
+losses = [trainer.runner.run(5)["loss_sum"] for _ in range(steps // 5)]
+train = data.make_train_dataset(cfg.data, cfg.train.seed, static_shapes=True)
+widths = [int(b[data.SOURCE_IDS].shape[1]) for b in train.take(steps)]
 print("RESULT " + json.dumps({"widths": widths, "losses": losses, "jit": cfg.train.jit_compile}))
 """
 

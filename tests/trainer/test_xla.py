@@ -1,5 +1,5 @@
-"""XLA: the jit-compiled train step (scheduled sampling on) compiles once per bucket shape, not
-once per step. The TPU input and loss: tests/trainer/test_tpu_path.py."""
+"""XLA: the jit-compiled train step (parallel scheduled sampling on) compiles once per bucket
+shape, not once per step. The TPU input and loss: tests/trainer/test_tpu_path.py."""
 
 import os
 import subprocess
@@ -22,7 +22,10 @@ def _bucket_lengths_seen(cfg, steps):
 
 
 def test_jit_step_compiles_once_per_bucket_shape(small_dataset, tmp_path):
-    overrides = f"train.train_steps={STEPS},train.jit_compile=true,train.sampling_probability=0.3"
+    overrides = (
+        f"train.train_steps={STEPS},train.jit_compile=true,train.sampling_probability=0.3,"
+        "train.sampling_mode=parallel"
+    )
     cfg = config.build_config(
         "attention_seq2seq/tiny", params_override=f"{overrides},data.data_dir={small_dataset.root}"
     )
