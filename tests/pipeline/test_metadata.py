@@ -49,8 +49,18 @@ def test_missing_metadata_names_the_path(tmp_path):
 
 def test_corrupt_vocabulary_is_refused_naming_the_file(small_dataset, tmp_path):
     layout = _copy_dataset(small_dataset, tmp_path / "d")
-    os.truncate(layout.vocabulary("target"), os.path.getsize(layout.vocabulary("target")) // 2)
+    with open(layout.vocabulary("target"), "wb") as f:
+        f.write(b"\xff" * 64)  # an overlong varint: no protobuf parses it
     with pytest.raises(metadata.DatasetError, match="target.model: Not a SentencePiece model"):
+        metadata.check_compatible(metadata.read_metadata(layout), layout)
+
+
+def test_truncated_vocabulary_is_refused_naming_the_file(small_dataset, tmp_path):
+    """Half a model may still parse (protobuf stops at a field boundary); then its fingerprint
+    no longer matches. Either way the file is named."""
+    layout = _copy_dataset(small_dataset, tmp_path / "d")
+    os.truncate(layout.vocabulary("target"), os.path.getsize(layout.vocabulary("target")) // 2)
+    with pytest.raises(metadata.DatasetError, match="target.model"):
         metadata.check_compatible(metadata.read_metadata(layout), layout)
 
 
