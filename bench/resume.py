@@ -221,6 +221,7 @@ def kill(args, data_dir):
         "steps": args.steps,
         "killed": killed,
         "seed": seed,
+        "params_override": args.params_override,
         "steps_logged_equal": steps_equal,
         "losses_bit_identical": losses_equal,
         "weights_bit_identical": weights_equal,
