@@ -93,10 +93,12 @@ def _rewrite_checkpoint(data_dir: str, model_dir: str, far_step: int):
     import tensorflow as tf
 
     from pipeline import config, paths
-    from trainer import records, state
+    from trainer import distribution, records, state
 
     cfg = config.build_config(EXPERIMENT, params_override=f"data.data_dir={data_dir}")
-    run = state.TrainState(cfg, model_dir, tf.distribute.get_strategy())
+    strategy = tf.distribute.get_strategy()
+    # As the trainer resolves it (the precision 'auto' picks), so the checkpoints match.
+    run = state.TrainState(distribution.for_strategy(cfg, strategy), model_dir, strategy)
     run.checkpoint.restore(tf.train.latest_checkpoint(run.layout.checkpoints))
     files = records.shard_files(paths.DatasetLayout(data_dir), "train")
     share = sum(1 for _ in tf.data.TFRecordDataset(files))

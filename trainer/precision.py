@@ -16,6 +16,7 @@ import tensorflow as tf
 CPU_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
 FLOAT32 = "float32"
 BFLOAT16 = "mixed_bfloat16"
+FLOAT16 = "mixed_float16"
 
 
 class Choice(NamedTuple):

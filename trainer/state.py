@@ -49,6 +49,11 @@ class TrainState:
         self.target_tokenizer = text.SubwordTokenizer(self.target_tokens)
         _check_batch_fits_replicas(cfg.data.batch_size, strategy.num_replicas_in_sync)
         policy = cfg.train.mixed_precision  # for_strategy chose it for 'auto', and logged why
+        if policy not in (precision.FLOAT32, precision.BFLOAT16, precision.FLOAT16):
+            raise ValueError(
+                f"train.mixed_precision={policy!r} is not resolved to a policy: build the state "
+                "from distribution.for_strategy(cfg, strategy), as train_loop.Trainer does."
+            )
         tf.keras.mixed_precision.set_global_policy(policy)
         with strategy.scope():
             self.model = task.build_model(cfg.model, self.metadata)
