@@ -158,7 +158,7 @@ class Evaluator:
         return result
 
     def _decode(self, batches: list[tuple[np.ndarray, np.ndarray]], split: str):
-        """Best-hypothesis ids per batch, decoded `self.replicas` batches at a time.
+        """Yields the best-hypothesis ids of each batch, decoding `self.replicas` at a time.
 
         A single batch is decoded where it is (on every worker alike): spreading it would only
         trace the decoder once per replica. Long decodes log their progress and an estimate of
