@@ -119,14 +119,7 @@ def test_beam_search_equals_tfa_run_to_max_length(
 ):
     seq2seq, source_ids, source_lengths = lively
     options = (beam_width, length_penalty, coverage_penalty, MAX_LENGTH)
-    ids, scores, lengths = beam_search.beam_search(seq2seq, source_ids, source_lengths, *options)
-    ref_ids, ref_scores, ref_lengths = _tfa_to_max_length(
-        seq2seq, source_ids, source_lengths, *options[:3]
-    )
-    assert len(set(lengths.numpy().ravel())) >= 4, "the model must end beams at many steps"
-    np.testing.assert_allclose(scores, ref_scores, atol=1e-4, rtol=0)
-    np.testing.assert_array_equal(lengths, ref_lengths)
-    assert _hypotheses(ids) == _hypotheses(ref_ids)
+    ids, scores, lengths = _search_as_tfa_does(seq2seq, source_ids, source_lengths, options)
     recomputed = _teacher_forced_scores(
         seq2seq, source_ids, source_lengths, ids, lengths, length_penalty, coverage_penalty
     )
@@ -146,14 +139,7 @@ def test_weight_normalised_model_searches_as_tfa_does():
     bias = seq2seq.projection.dense.layer.bias  # EOS likelier, so beams end at many steps
     bias.assign(tf.tensor_scatter_nd_add(bias, [[vocab_lib.EOS_ID]], [2.0]))
     options = (4, 0.6, 0.2, MAX_LENGTH)
-    ids, scores, lengths = beam_search.beam_search(seq2seq, source_ids, source_lengths, *options)
-    ref_ids, ref_scores, ref_lengths = _tfa_to_max_length(
-        seq2seq, source_ids, source_lengths, *options[:3]
-    )
-    assert len(set(lengths.numpy().ravel())) >= 4, "the model must end beams at many steps"
-    np.testing.assert_allclose(scores, ref_scores, atol=1e-4, rtol=0)
-    np.testing.assert_array_equal(lengths, ref_lengths)
-    assert _hypotheses(ids) == _hypotheses(ref_ids)
+    ids, scores, lengths = _search_as_tfa_does(seq2seq, source_ids, source_lengths, options)
 
 
 def test_plain_tfa_differs_only_where_it_ends_the_batch(lively):
@@ -237,3 +223,16 @@ def test_layer_norm_and_bahdanau_models_keep_tfa_decoding():
         assert not decoder_step.supports(seq2seq.cfg)
         for ours, theirs in zip((ids, scores, lengths), reference, strict=True):
             np.testing.assert_array_equal(ours, theirs)
+
+
+def _search_as_tfa_does(seq2seq, source_ids, source_lengths, options):
+    """The fused search's (ids, scores, lengths), checked against TFA's on the same model."""
+    ids, scores, lengths = beam_search.beam_search(seq2seq, source_ids, source_lengths, *options)
+    ref_ids, ref_scores, ref_lengths = _tfa_to_max_length(
+        seq2seq, source_ids, source_lengths, *options[:3]
+    )
+    assert len(set(lengths.numpy().ravel())) >= 4, "the model must end beams at many steps"
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(lengths, ref_lengths)
+    assert _hypotheses(ids) == _hypotheses(ref_ids)
+    return ids, scores, lengths
