@@ -10,7 +10,7 @@ import hashlib
 import apache_beam as beam
 
 from pipeline import text
-from preprocessing import records
+from preprocessing import packed, records
 
 REJECTED = "rejected"
 
@@ -92,9 +92,13 @@ def _keep_order(pair: records.Pair):
     return _KEEP_FIRST.get(pair.split, 2), origin_order(pair.origin)
 
 
-def _keep_first(key_and_pairs):
-    _, pairs = key_and_pairs
-    first, *others = sorted(pairs, key=_keep_order)
+def _keyed_by_pair(pair):
+    return dedup_key(pair), packed.pack_pair(pair)
+
+
+def _keep_first(key_and_packed_pairs):
+    _, packed_pairs = key_and_packed_pairs
+    first, *others = sorted(map(packed.unpack_pair, packed_pairs), key=_keep_order)
     yield first
     for pair in others:
         yield beam.pvalue.TaggedOutput(
@@ -113,7 +117,8 @@ class DropDuplicates(beam.PTransform):
     def expand(self, pairs):
         outputs = (
             pairs
-            | "KeyByPair" >> beam.Map(lambda pair: (dedup_key(pair), pair))
+            # Every pair waits in this shuffle at once; packed, it is one small value each.
+            | "KeyByPair" >> beam.Map(_keyed_by_pair)
             | "Group" >> beam.GroupByKey()
             | "KeepFirst" >> beam.FlatMap(_keep_first).with_outputs(REJECTED, main="unique")
         )

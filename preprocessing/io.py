@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 from apache_beam.io import fileio, filesystems
 
 from pipeline import paths
-from preprocessing import output_dir, ranges, records
+from preprocessing import output_dir, packed, ranges, records
 
 TFDS_PREFIX = "tfds:"
 READ_COUNTS = "read_counts"
@@ -391,4 +391,11 @@ class ReadInputs(beam.PTransform):
         ]
         lines = [lines for lines, _ in outputs] | "Flatten" >> beam.Flatten()
         counts = [counts for _, counts in outputs] | "AllCounts" >> beam.Flatten()
-        return lines | "Spread" >> beam.Reshuffle(), counts
+        spread = (
+            lines
+            # Every line waits in this shuffle at once; packed, it is one small value each.
+            | "Pack" >> beam.Map(packed.pack_line)
+            | "Spread" >> beam.Reshuffle()
+            | "Unpack" >> beam.Map(packed.unpack_line)
+        )
+        return spread, counts
