@@ -36,30 +36,45 @@ from bench import common, make_corpus  # noqa: E402
 
 
 class PeakMemory:
-    """Samples the summed resident memory of a process and its descendants until stopped."""
+    """Samples the resident memory of a process and its descendants until stopped.
+
+    Peaks kept: all processes summed (`peak_total`), the largest single process
+    (`peak_process`), the root process alone (`peak_root`) and its largest descendant
+    (`peak_child`). `reset` starts a new window, for peaks per stage.
+    """
 
     def __init__(self, pid: int, interval: float = 0.2):
         self._root = psutil.Process(pid)
         self._interval = interval
         self._stop = threading.Event()
-        self.peak_total = self.peak_process = 0
+        self.reset()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
+
+    def root_rss(self) -> int:
+        """The root process's resident memory now."""
+        return self._root.memory_info().rss
+
+    def reset(self) -> None:
+        self.peak_total = self.peak_process = self.peak_root = self.peak_child = 0
 
     def _sample(self):
         while not self._stop.wait(self._interval):
             try:
-                processes = [self._root, *self._root.children(recursive=True)]
+                root = self._root.memory_info().rss
+                children = self._root.children(recursive=True)
             except psutil.NoSuchProcess:
                 return
             sizes = []
-            for process in processes:
+            for process in children:
                 try:
                     sizes.append(process.memory_info().rss)
                 except psutil.NoSuchProcess:
                     continue
-            self.peak_total = max(self.peak_total, sum(sizes))
-            self.peak_process = max(self.peak_process, *sizes, 0)
+            self.peak_total = max(self.peak_total, root + sum(sizes))
+            self.peak_process = max(self.peak_process, root, *sizes)
+            self.peak_root = max(self.peak_root, root)
+            self.peak_child = max(self.peak_child, 0, *sizes)
 
     def stop(self):
         self._stop.set()
