@@ -257,6 +257,7 @@ def run(argv: list[str] | None = None) -> None:
         standard.runner,
     )
     direct_runner.avoid_lossy_flush_race()
+    direct_runner.return_freed_memory()
     try:
         with beam.Pipeline(options=options) as pipeline:
             pipeline_def.build(pipeline, config, paths.DatasetLayout(staging), settings, start)

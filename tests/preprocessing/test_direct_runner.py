@@ -7,6 +7,8 @@ dropped 17-51% of this test's 64 MB in every one of six runs without the workaro
 sets 1 ms, applies the workaround, and checks by content that every element arrives.
 """
 
+import os
+
 import apache_beam as beam
 import pytest
 from apache_beam.options import pipeline_options
@@ -55,3 +57,29 @@ def test_buffered_input_reaches_two_worker_processes_whole(monkeypatch):
         # stage: the runner buffers `produced` and streams it to the workers.
         received = produced | "Receive" >> beam.Map(_receive, beam.pvalue.AsSingleton(total))
         util.assert_that(received, _check_every_element_once)
+
+
+def test_large_freed_blocks_go_back_in_this_process_and_its_workers(monkeypatch):
+    """Freeing a block above glibc's default mmap threshold lowers resident memory at once."""
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    direct_runner.return_freed_memory()
+    assert os.environ["MALLOC_MMAP_THRESHOLD_"] == str(128 * 1024)
+    # Without the fixed threshold, glibc raises it to the largest block freed so far, so the
+    # second 20 MB block comes from the heap and stays resident after it is freed.
+    for _ in range(2):
+        before = _resident_bytes()
+        block = bytearray(20 * 2**20)
+        block[::4096] = b"x" * len(block[::4096])  # Touch every page.
+        del block
+        assert _resident_bytes() - before < 4 * 2**20
+
+
+def test_a_users_own_threshold_is_left_alone(monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    direct_runner.return_freed_memory()
+    assert os.environ["MALLOC_MMAP_THRESHOLD_"] == "65536"
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
