@@ -53,6 +53,23 @@ class SumReadCounts(beam.PTransform):
         return reports | "Key" >> beam.Map(_read_entry) | "Sum" >> beam.CombinePerKey(sum)
 
 
+class CountPerName(beam.PTransform):
+    """(file set name, record) parts -> (file set name, records sent to it).
+
+    Each part is counted where it is made and the counts are summed, so counting does not make
+    the runner hold the records of all parts together.
+    """
+
+    def expand(self, parts):
+        counts = [
+            part
+            | f"Names{index}" >> beam.Keys()
+            | f"Count{index}" >> beam.combiners.Count.PerElement()
+            for index, part in enumerate(parts)
+        ]
+        return counts | "AllCounts" >> beam.Flatten() | "Sum" >> beam.CombinePerKey(sum)
+
+
 def _plus_one(count, _):
     return count + 1
 

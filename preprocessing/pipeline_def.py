@@ -152,8 +152,8 @@ def build(
     rejects = (malformed, duplicates, length_rejects) | "AllRejects" >> beam.Flatten()
     formatted_rejects = rejects | "FormatRejects" >> beam.Map(_format_reject)
     sets = file_sets(layout, config.num_shards)
-    named_records = (examples, formatted_rejects) | "AllRecords" >> beam.Flatten()
-    files = named_records | "WriteFiles" >> write.WriteFileSets(sets)
+    record_parts = (examples, formatted_rejects)
+    files = record_parts | "WriteFiles" >> write.WriteFileSets(sets)
     accounts = (
         read_counts | "SumRead" >> accounting.SumReadCounts(),
         kept
@@ -164,9 +164,7 @@ def build(
 
     results = {
         "accounts": accounts,
-        "sent_to_files": named_records
-        | "FileSetNames" >> beam.Keys()
-        | "CountSent" >> beam.combiners.Count.PerElement(),
+        "sent_to_files": record_parts | "CountSent" >> accounting.CountPerName(),
         "in_files": files | "CountInFiles" >> accounting.CountRecordsInFiles(sets),
         "input_fingerprint": lines
         | "FingerprintInput" >> beam.CombineGlobally(summary.InputFingerprint()),

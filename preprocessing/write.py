@@ -83,9 +83,16 @@ def _write_shard(key_and_records, file_sets: dict[str, FileSet], shard_counts):
     return name, path
 
 
+def _name_and_size(name: str, record: bytes) -> tuple[str, int]:
+    return name, len(record)
+
+
 class WriteFileSets(beam.PTransform):
     """(file set name, bytes) -> sharded files; outputs (name, path) for every shard written.
 
+    Takes one PCollection of records or a tuple of them (parts made in different stages). Each
+    part is sized where it is made, so the records are held once, not copied, while the runner
+    waits for the shard counts: on the DirectRunner that wait holds every record in its process.
     A shard is written whole by one worker, so a retried write rewrites the same file with the
     same records.
     """
@@ -96,16 +103,24 @@ class WriteFileSets(beam.PTransform):
 
     def expand(self, named_records):
         file_sets = self._file_sets
+        parts = named_records if isinstance(named_records, tuple) else (named_records,)
         shard_counts = beam.pvalue.AsSingleton(
-            named_records
-            | "Sizes" >> beam.MapTuple(lambda name, record: (name, len(record)))
+            [
+                part | f"Sizes{index}" >> beam.MapTuple(_name_and_size)
+                for index, part in enumerate(parts)
+            ]
+            | "AllSizes" >> beam.Flatten()
             | "TotalBytes" >> beam.CombinePerKey(sum)
-            | "AllSizes" >> beam.combiners.ToList()
+            | "SizesByName" >> beam.combiners.ToList()
             | "ShardCounts" >> beam.Map(_shard_counts, file_sets)
         )
-        keyed = named_records | "KeyByShard" >> beam.Map(_key_by_shard, shard_counts)
+        keyed = (
+            parts
+            | "AllRecords" >> beam.Flatten()
+            | "KeyByShard" >> beam.Map(_key_by_shard, shard_counts)
+        )
         every_shard = (
-            named_records.pipeline
+            parts[0].pipeline
             | "Names" >> beam.Create(sorted(file_sets))
             | "EveryShard" >> beam.FlatMap(_every_shard, shard_counts)
         )

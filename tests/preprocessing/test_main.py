@@ -172,9 +172,13 @@ def _train_example_text():
 class _SinkThatDropsOneRecord(write.WriteFileSets):
     """A broken sink (test double): loses the train example holding `_train_example_text()`."""
 
-    def expand(self, named_records):
+    def expand(self, record_parts):
         probe = _train_example_text().encode()
-        kept = named_records | "DropOne" >> beam.Filter(lambda record: probe not in record[1])
+        kept = (
+            record_parts
+            | "Together" >> beam.Flatten()
+            | "DropOne" >> beam.Filter(lambda record: probe not in record[1])
+        )
         return super().expand(kept)
 
 

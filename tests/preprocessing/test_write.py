@@ -54,3 +54,18 @@ def test_automatic_shard_count_grows_with_bytes():
 def test_unknown_format_is_refused():
     with pytest.raises(ValueError, match="Unknown file format"):
         write.FileSet("x", ".csv", "csv")
+
+
+def test_parts_made_apart_are_written_together_and_sized_together(tmp_path, monkeypatch):
+    # 21 + 16 bytes: each part fits one 25-byte shard, the two together need two.
+    monkeypatch.setattr(write, "TARGET_SHARD_BYTES", 25)
+    file_sets = {"train": write.FileSet(str(tmp_path / "train"), ".tfrecord", write.TFRECORD)}
+    first = [("train", f"first {i}".encode()) for i in range(3)]
+    second = [("train", f"second {i}".encode()) for i in range(2)]
+    with test_pipeline.TestPipeline() as p:
+        parts = (p | "First" >> beam.Create(first), p | "Second" >> beam.Create(second))
+        written = parts | write.WriteFileSets(file_sets)
+        util.assert_that(written | beam.combiners.Count.Globally(), util.equal_to([2]))
+    assert sorted(_read_tfrecords(str(tmp_path / "train-*"))) == sorted(
+        r for _, r in first + second
+    )
