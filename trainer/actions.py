@@ -4,6 +4,8 @@ Each action receives every `controller.LoopOutput`, decides whether it is due, a
 what it needs (the state, the checkpointer, the evaluator), never the whole trainer.
 """
 
+import time
+
 import tensorflow as tf
 from absl import logging
 
@@ -65,8 +67,13 @@ class EvaluateAction:
     best dev BLEU it produced (a resume then never overwrites a better best checkpoint).
     Not run on preemption: the job is about to be killed.
 
+    When training ends it logs what the dev evaluations cost: their wall time and its share of
+    the training time (from the first step to the end of the final evaluation).
+
     Attributes:
       last_result: the latest evaluation's results (None before the first).
+      dev_seconds: wall time of this run's dev evaluations during training.
+      dev_evaluations: how many ran.
     """
 
     def __init__(self, state, evaluator, checkpointer, train_cfg: config_lib.TrainConfig):
@@ -75,11 +82,30 @@ class EvaluateAction:
         self.checkpointer = checkpointer
         self.train_cfg = train_cfg
         self.last_result = None
+        self.dev_seconds = 0.0
+        self.dev_evaluations = 0
 
     def __call__(self, output: controller.LoopOutput):
         due = output.step % self.train_cfg.eval_every < output.steps
-        if output.stop in (controller.DONE, controller.BUDGET) or (due and not output.stop):
-            self.last_result = self.evaluate("dev", self.train_cfg.eval_sentences)
+        final = output.stop in (controller.DONE, controller.BUDGET)
+        if not (final or (due and not output.stop)):
+            return
+        started = time.time()
+        self.last_result = self.evaluate("dev", self.train_cfg.eval_sentences)
+        self.dev_seconds += time.time() - started
+        self.dev_evaluations += 1
+        if final:
+            self._log_share(output.elapsed + (time.time() - started))
+
+    def _log_share(self, training_seconds: float):
+        logging.info(
+            "Dev evaluation: %.1f s in %d evaluation(s) = %.1f%% of %.0f s of training "
+            "(first step to the end of the final evaluation).",
+            self.dev_seconds,
+            self.dev_evaluations,
+            100.0 * self.dev_seconds / max(training_seconds, 1e-9),
+            training_seconds,
+        )
 
     def evaluate(self, split: str = "dev", limit: int = -1) -> dict:
         """Loss on the first `train.eval_loss_sentences` pairs of `split`, BLEU/chrF on beam
@@ -88,23 +114,29 @@ class EvaluateAction:
             return self._evaluate(split, limit)
 
     def _evaluate(self, split: str, limit: int) -> dict:
+        started = time.time()
         step = self.state.step
         result = {"step": step, "split": split}
-        result.update(self.evaluator.loss(split, self.train_cfg.eval_loss_sentences))
+        loss_limit = self.train_cfg.eval_loss_sentences
+        # One read of the split serves both halves (the evaluator keeps it for the next time).
+        self.evaluator.pairs(split, -1 if min(loss_limit, limit) < 0 else max(loss_limit, limit))
+        result["read_seconds"] = round(time.time() - started, 2)
+        result.update(self.evaluator.loss(split, loss_limit))
         # The evaluator decodes with this model: under mixed precision the call copies the
         # current weights into the float32 twin, so it must come before `quality`.
         decoding_model = self.state.decoding_model()
         result.update(self.evaluator.quality(split, limit))
-        result["seconds"] = round(result["loss_seconds"] + result["decode_seconds"], 1)
+        result["seconds"] = round(time.time() - started, 1)
         logging.info(
-            "eval %s step %d: loss %.3f ppl %.1f BLEU %.2f chrF %.2f (loss over %d pairs in "
-            "%.1f s; %d sentences decoded in %.1f s, %.1f/s, on %d replica(s))",
+            "eval %s step %d: loss %.3f ppl %.1f BLEU %.2f chrF %.2f in %.1f s (loss over %d "
+            "pairs in %.1f s; %d sentences decoded in %.1f s, %.1f/s, on %d replica(s))",
             split,
             step,
             result["loss"],
             result["perplexity"],
             result["bleu"],
             result["chrf"],
+            result["seconds"],
             result["loss_pairs"],
             result["loss_seconds"],
             result["sentences"],

@@ -31,6 +31,7 @@ class LoopOutput(NamedTuple):
       step: the step reached at the end of the loop.
       steps: steps run in the loop.
       seconds: wall time of the loop.
+      elapsed: wall time since training started (in this process), the loop included.
       metrics: `step_runner.METRICS` summed over the loop's steps and replicas.
       stop: why training stops after this loop (DONE, BUDGET, PREEMPTED), or "".
     """
@@ -38,6 +39,7 @@ class LoopOutput(NamedTuple):
     step: int
     steps: int
     seconds: float
+    elapsed: float
     metrics: dict
     stop: str
 
@@ -87,7 +89,14 @@ class Controller:
             loop_started = time.time()
             metrics = self.run_steps(steps)
             seconds = time.time() - loop_started
-            output = LoopOutput(self.current_step(), steps, seconds, metrics, self._stop(started))
+            output = LoopOutput(
+                self.current_step(),
+                steps,
+                seconds,
+                time.time() - started,
+                metrics,
+                self._stop(started),
+            )
             if output.stop:
                 logging.info(_STOP_MESSAGES[output.stop], output.step)
             for action in self.actions:

@@ -304,10 +304,11 @@ def make_train_dataset(
 def make_eval_dataset(
     cfg: config_lib.DataConfig, split: str, limit: int = -1, with_text: bool = False
 ) -> tf.data.Dataset:
-    """One ordered pass over `split` (or its first `limit` pairs), each batch padded to its
-    longest pair. With `with_text` each batch also carries the raw source and reference strings.
+    """One ordered pass over `split` (or its first `limit` pairs that fit the model's longest
+    bucket), each batch padded to its longest pair. With `with_text` each batch also carries
+    the raw source and reference strings.
     """
     layout = paths.DatasetLayout(cfg.data_dir)
-    serialized = records.read_in_order(records.shard_files(layout, split)).take(limit)
-    examples = _examples(serialized, cfg.bucket_boundaries[-1], with_text)
+    serialized = records.read_in_order(records.shard_files(layout, split))
+    examples = _examples(serialized, cfg.bucket_boundaries[-1], with_text).take(limit)
     return examples.batch(cfg.eval_batch_size).map(_pad).prefetch(tf.data.AUTOTUNE)

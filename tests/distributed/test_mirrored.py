@@ -1,8 +1,9 @@
 """Replica maths on two logical CPU devices under MirroredStrategy: per-replica batches, loss
 scaled by the global batch, clipping after the cross-replica sum. One step on two replicas must
-equal one step on one device, and beam search spread over the two replicas must translate
-exactly as one device does. Runs in a child process: logical devices must be configured before
-TensorFlow starts, and the test process has started it already."""
+equal one step on one device; beam search and the dev loss spread over the two replicas must
+translate and score exactly as one device does, and evaluating again must trace nothing. Runs
+in a child process: logical devices must be configured before TensorFlow starts, and the test
+process has started it already."""
 
 import json
 import subprocess
@@ -74,6 +75,13 @@ def compare_one_step(data_dir: str) -> dict:
         for variable in variables:
             variable.assign(value.astype(variable.dtype.as_numpy_dtype))
     translations = [run["trainer"].evaluator.translate_split("test")[1] for run in (one, two)]
+    # 40 dev pairs in batches of 8: two rounds of two, then one batch and a filler.
+    dev_losses = [run["trainer"].evaluator.loss("dev") for run in (one, two)]
+    evaluator = two["trainer"].evaluator
+    traces = [evaluator.traced_functions()]
+    evaluator.loss("dev")
+    evaluator.translate_split("test")
+    traces.append(evaluator.traced_functions())
     diffs = [float(np.max(np.abs(a - b))) for a, b in zip(one["final"], two["final"], strict=True)]
     moved = [
         float(np.max(np.abs(a - b))) for a, b in zip(one["final"], one["initial"], strict=True)
@@ -86,6 +94,9 @@ def compare_one_step(data_dir: str) -> dict:
         "max_weight_move": max(moved),
         "decode_replicas": [one["trainer"].evaluator.replicas, two["trainer"].evaluator.replicas],
         "translations": translations,
+        "dev_loss": [result["loss"] for result in dev_losses],
+        "dev_loss_pairs": [result["loss_pairs"] for result in dev_losses],
+        "traces": traces,
     }
 
 
@@ -117,3 +128,7 @@ def test_two_replicas_take_the_same_clipped_step_as_one_device(small_dataset):
     one_device, two_replicas = out["translations"]
     assert len(one_device) > 30 and len(set(one_device)) == len(one_device)
     assert two_replicas == one_device
+    one_loss, two_loss = out["dev_loss"]
+    assert two_loss == pytest.approx(one_loss, rel=1e-6)
+    assert out["dev_loss_pairs"] == [40, 40]
+    assert out["traces"] == [2, 2], "one loss round and one decode round, traced once each"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -33,7 +34,8 @@ def test_training_writes_histories_checkpoints_and_test_scores(trained_run):
     assert test["split"] == "test" and test["sentences"] > 0
     assert test["bleu_signature"].startswith("nrefs:1")
     assert os.path.exists(os.path.join(model_dir, "config.yaml"))
-    assert "eval dev step 30" in log
+    assert "eval dev step 20" in log and "eval dev step 30" in log
+    assert re.search(r"Dev evaluation: [\d.]+ s in 2 evaluation\(s\) = [\d.]+% of \d+ s", log)
 
 
 def test_exported_model_translates_in_a_fresh_process_without_the_project(trained_run, tmp_path):
