@@ -39,6 +39,8 @@ class Host:
     tpu_name: str = ""  # $TPU_NAME
     cluster_workers: int = 0  # chief + workers in TF_CONFIG
     cores: int = 1
+    gpu_capability: tuple | None = None  # (major, minor) compute capability of the first GPU
+    cpu_flags: frozenset = frozenset()  # the CPU's feature flags (/proc/cpuinfo)
 
 
 def _cluster_workers() -> int:
@@ -50,15 +52,24 @@ def _host_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
+def _gpu_capability(gpus: list) -> tuple | None:
+    if not gpus:
+        return None
+    return tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+
+
 def inspect_host() -> Host:
-    """The accelerators, cluster and cores of this host: the one place they are read."""
+    """The accelerators, cluster, cores and CPU flags of this host: the one place they are read."""
+    gpus = tf.config.list_physical_devices("GPU")
     return Host(
-        gpus=len(tf.config.list_physical_devices("GPU")),
+        gpus=len(gpus),
         nvidia_devices=len(glob.glob("/dev/nvidia[0-9]*")),
         tpu_chips=tpu.host_has_tpu_chips(),
         tpu_name=os.environ.get("TPU_NAME", ""),
         cluster_workers=_cluster_workers(),
         cores=_host_cores(),
+        gpu_capability=_gpu_capability(gpus),
+        cpu_flags=precision.cpu_flags(),
     )
 
 
@@ -220,15 +231,22 @@ def _log_batch(cfg: config_lib.ExperimentConfig, replicas: int) -> None:
 
 
 def for_strategy(
-    cfg: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy
+    cfg: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy, host: Host | None = None
 ) -> config_lib.ExperimentConfig:
-    """`resolve` for the replicas and devices of `strategy`, after `precision.resolve`.
+    """`resolve` for the replicas and devices of `strategy` on `host` (read now unless given).
 
-    The precision is chosen first because the encoder's LSTM follows it (cuDNN cannot run the
-    bfloat16 that 'auto' picks on an Ampere GPU); the config then names the policy itself.
+    The precision is chosen first (`precision.choose`, from the device kind and the host's GPU
+    capability or CPU flags) because the encoder's LSTM follows it: cuDNN cannot run the
+    bfloat16 that 'auto' picks on an Ampere GPU. The config then names the policy itself.
     """
     kind = device_kind(strategy)
-    choice = precision.resolve(cfg.train.mixed_precision, kind)
+    host = host or inspect_host()
+    choice = precision.choose(
+        cfg.train.mixed_precision,
+        kind,
+        flags=host.cpu_flags if kind == "cpu" else frozenset(),
+        gpu_capability=host.gpu_capability if kind == "gpu" else None,
+    )
     logging.info("Precision %s.", choice.reason)
     cfg = config_lib.merge(cfg, {"train": {"mixed_precision": choice.policy}}, where="precision")
     return resolve(cfg, strategy.num_replicas_in_sync, kind)

@@ -11,8 +11,6 @@ in float32, for the user to opt into with 'mixed_float16'.
 
 from typing import NamedTuple
 
-import tensorflow as tf
-
 CPU_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
 FLOAT32 = "float32"
 BFLOAT16 = "mixed_bfloat16"
@@ -73,17 +71,3 @@ def choose(requested: str, accelerator: str, flags=frozenset(), gpu_capability=N
         f"{FLOAT32}: the CPU has no native bfloat16 ({' or '.join(CPU_BFLOAT16_FLAGS)} absent "
         "from /proc/cpuinfo), where it would be emulated",
     )
-
-
-def resolve(requested: str, kind: str) -> Choice:
-    """`choose` for replicas on `kind` devices ('tpu', 'gpu', 'cpu') of this host.
-
-    Which devices the replicas run on is `distribution.device_kind`'s to say; this reads only
-    what the choice needs beyond it (the GPU's compute capability, the CPU's flags).
-    """
-    if kind == "gpu":
-        details = tf.config.experimental.get_device_details(
-            tf.config.list_physical_devices("GPU")[0]
-        )
-        return choose(requested, "gpu", gpu_capability=details.get("compute_capability"))
-    return choose(requested, kind, cpu_flags() if kind == "cpu" else frozenset())

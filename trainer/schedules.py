@@ -67,7 +67,7 @@ def build_optimizer(
 
     Args:
       cfg: the training config.
-      policy: the Keras precision policy training runs under (`precision.resolve`).
+      policy: the Keras precision policy training runs under (`distribution.for_strategy`).
     """
     adam = FusedAdam(WarmupDecay(cfg.learning_rate, cfg.warmup_steps, cfg.decay), epsilon=1e-8)
     if policy == "mixed_float16":

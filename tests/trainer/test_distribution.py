@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline import config
-from trainer import distribution, tpu
+from trainer import distribution, precision, tpu
 
 TPU_VM = distribution.Host(tpu_chips=True, cores=96)
 TPU_POD_WORKER0 = distribution.Host(tpu_chips=True, tpu_name="nmt-v4-32", cores=96)
@@ -318,3 +318,20 @@ def test_keras_encoder_is_refused_under_xla():
 def test_the_default_strategy_counts_as_cpu():
     """bench/decode.py and tests build trainers under it; its choices stay the portable ones."""
     assert distribution.device_kind(tf.distribute.get_strategy()) == "cpu"
+
+
+@pytest.mark.parametrize(
+    "flags, policy", [({"avx2"}, "float32"), ({"avx2", "avx512_bf16"}, "mixed_bfloat16")]
+)
+def test_auto_precision_follows_the_hosts_cpu_flags(flags, policy, monkeypatch):
+    """The CPU flags are read once, by `inspect_host`, like the device lists."""
+    monkeypatch.setattr(
+        distribution, "inspect_host", lambda: distribution.Host(cores=2, cpu_flags=frozenset(flags))
+    )
+    cfg = config.build_config("attention_seq2seq/base")
+    resolved = distribution.for_strategy(cfg, tf.distribute.get_strategy())
+    assert resolved.train.mixed_precision == policy
+
+
+def test_inspect_host_reads_this_hosts_cpu_flags():
+    assert distribution.inspect_host().cpu_flags == precision.cpu_flags()
