@@ -17,6 +17,12 @@ from pipeline import vocab as vocab_lib
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = os.path.join(REPO, "data", "en-de.libreoffice-help.tsv.gz")
 
+# The session's shared training run (tests/conftest.py `trained_tiny_run`): long enough for two
+# dev evaluations (the tiny config evaluates every 20 steps) and a falling loss, with scheduled
+# sampling on.
+TRAINED_RUN_STEPS = 40
+TRAINED_RUN_OVERRIDES = f"train.train_steps={TRAINED_RUN_STEPS},train.sampling_probability=0.25"
+
 
 def read_corpus(limit: int) -> list[tuple[str, str]]:
     pairs = []
@@ -133,11 +139,13 @@ def tiny_train_argv(data_dir: str, model_dir: str, overrides: str, *flags: str) 
     ]
 
 
-def train_tiny(data_dir: str, model_dir: str, overrides: str, *flags: str) -> str:
-    """Runs `nmt-train` on the tiny config in a child process; returns its log (stderr)."""
+def train_tiny(
+    data_dir: str, model_dir: str, overrides: str, *flags: str, env: dict | None = None
+) -> str:
+    """Runs `nmt-train` on the tiny config in a child process; returns its console (stderr)."""
     import subprocess
 
     argv = tiny_train_argv(data_dir, model_dir, overrides, *flags)
-    result = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stderr

@@ -1,8 +1,9 @@
 """Issue #6 acceptance: short training -> export -> a fresh process translates exactly like the
 in-process beam search of the exported checkpoint.
 
-The dataset is the session's small real dataset in the Beam output layout (tests/conftest.py);
-the preprocess job's own end-to-end test covers corpus -> dataset.
+The dataset is the session's small real dataset in the Beam output layout and the run its shared
+`trained_tiny_run` (tests/conftest.py); the preprocess job's own end-to-end test covers
+corpus -> dataset.
 """
 
 import json
@@ -17,7 +18,6 @@ import yaml
 
 from pipeline import config as config_lib
 from pipeline import paths, text
-from tests import dataset_fixture
 from trainer import data, evaluation, train_loop
 
 pytestmark = pytest.mark.slow
@@ -40,14 +40,8 @@ print(json.dumps({
 
 
 @pytest.fixture(scope="module")
-def run_dir(small_dataset, tmp_path_factory):
-    model_dir = str(tmp_path_factory.mktemp("run"))
-    dataset_fixture.train_tiny(
-        small_dataset.root,
-        model_dir,
-        "train.train_steps=40,train.eval_every=20",
-        "--noevaluate_test",
-    )
+def run_dir(trained_tiny_run):
+    model_dir, _ = trained_tiny_run
     return model_dir
 
 

@@ -36,17 +36,19 @@ def _log(model_dir) -> str:
 
 
 @pytest.mark.slow
-def test_training_console_has_progress_once_and_the_log_has_everything(small_dataset, tmp_path):
-    result = _train(tmp_path, small_dataset.root, "--noexport", "--noevaluate_test")
-    assert result.returncode == 0, result.stderr[-3000:]
-    screen, log = result.stderr, _log(tmp_path)
+def test_training_console_has_progress_once_and_the_log_has_everything(trained_tiny_run):
+    """The session's shared run (tests/conftest.py), started with TF_CPP_MIN_LOG_LEVEL unset."""
+    model_dir, screen = trained_tiny_run
+    log = _log(model_dir)
     for noise in (*NOISE, "then broadcast to"):
         assert noise not in screen, noise
         assert noise in log, noise
-    assert "step 4/4" in screen and "eval dev step 4" in screen
-    progress = [line for line in screen.splitlines() if "step 4/4" in line]
+    steps = dataset_fixture.TRAINED_RUN_STEPS
+    last = f"step {steps}/{steps}"
+    assert last in screen and f"eval dev step {steps}" in screen
+    progress = [line for line in screen.splitlines() if last in line]
     assert len(progress) == 1, "every line once (not through absl's and TF's handlers both)"
-    assert log.count("step 4/4 loss") == 1
+    assert log.count(f"{last} loss") == 1
 
 
 def test_a_bad_dataset_is_a_usage_error_and_verbosity_restores_everything(tmp_path):

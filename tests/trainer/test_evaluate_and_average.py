@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tests import dataset_fixture
-from trainer import averaging, evaluate_main, evaluation, export, serving
+from trainer import averaging, evaluate_main, evaluation, serving
 
 BLEU_SIGNATURE = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:"
 CHRF_SIGNATURE = "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:"
@@ -23,8 +23,9 @@ def trainer(small_dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def export_dir(trainer):
-    return export.export_saved_model(trainer, trainer.layout.export)
+def export_dir(tiny_export):
+    """The session's untrained tiny export (tests/conftest.py)."""
+    return tiny_export
 
 
 def _evaluate(*args):

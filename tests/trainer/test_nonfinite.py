@@ -36,27 +36,28 @@ def _trainer(data_dir, model_dir, nonfinite, strategy=None):
     return trainer
 
 
-def test_nan_step_is_skipped_counted_and_logged(small_dataset, tmp_path, caplog):
+def test_nan_step_skips_the_update_exactly_and_is_counted_and_logged(
+    small_dataset, tmp_path, caplog
+):
+    """Trained up to the poisoned step, through it, then to the end: one trainer (and one
+    trace) serves the exact-skip check and the count and log of the whole run."""
     trainer = _trainer(small_dataset.root, str(tmp_path), "skip")
+    cfg = trainer.cfg
     with caplog.at_level("WARNING"):
+        trainer.cfg = config.merge(cfg, {"train": {"train_steps": POISONED_STEP}}, "test")
+        trainer.train()
+        weights = [v.numpy() for v in trainer.model.trainable_variables]
+        trainer.cfg = config.merge(cfg, {"train": {"train_steps": POISONED_STEP + 1}}, "test")
+        trainer.train()
+        assert trainer.step == POISONED_STEP + 1
+        for old, new in zip(weights, trainer.model.trainable_variables, strict=True):
+            np.testing.assert_array_equal(old, new.numpy())
+        trainer.cfg = cfg
         trainer.train()
     assert trainer.step == 6
     assert float(trainer.nonfinite_steps.numpy()) == 1.0
     assert f"1 step(s) before step {POISONED_STEP + 1} had a NaN/Inf loss" in caplog.text
     assert all(np.isfinite(v.numpy()).all() for v in trainer.model.trainable_variables)
-
-
-def test_nan_step_skips_the_update_exactly(small_dataset, tmp_path):
-    trainer = _trainer(small_dataset.root, str(tmp_path), "skip")
-    cfg = trainer.cfg
-    trainer.cfg = config.merge(cfg, {"train": {"train_steps": POISONED_STEP}}, "test")
-    trainer.train()
-    weights = [v.numpy() for v in trainer.model.trainable_variables]
-    trainer.cfg = config.merge(cfg, {"train": {"train_steps": POISONED_STEP + 1}}, "test")
-    trainer.train()
-    assert trainer.step == POISONED_STEP + 1
-    for old, new in zip(weights, trainer.model.trainable_variables, strict=True):
-        np.testing.assert_array_equal(old, new.numpy())
 
 
 def test_nan_step_stops_the_run_when_configured(small_dataset, tmp_path):

@@ -20,10 +20,9 @@ SENTENCES = ["Click OK.", "Select a cell in the table.", "Open the file."]
 
 
 @pytest.fixture(scope="module")
-def export_dir(small_dataset, tmp_path_factory):
-    model_dir = str(tmp_path_factory.mktemp("run"))
-    trainer = dataset_fixture.tiny_trainer(small_dataset.root, model_dir)
-    return export.export_saved_model(trainer, trainer.layout.export)
+def export_dir(tiny_export):
+    """The session's untrained tiny export (tests/conftest.py); tests copy it to change it."""
+    return tiny_export
 
 
 def _translate(*args, stdin=None, cwd=None):
