@@ -258,6 +258,7 @@ def run(argv: list[str] | None = None) -> None:
     )
     direct_runner.avoid_lossy_flush_race()
     direct_runner.return_freed_memory()
+    direct_runner.hand_over_shuffles_once()
     try:
         with beam.Pipeline(options=options) as pipeline:
             pipeline_def.build(pipeline, config, paths.DatasetLayout(staging), settings, start)

@@ -12,6 +12,7 @@ files hold the records sent to them (`accounting`); if not, the job fails withou
 """
 
 import dataclasses
+import os
 
 import apache_beam as beam
 
@@ -76,6 +77,7 @@ class PreprocessConfig:
 
 
 REJECTS = "rejects"
+TEMP_DIR = "write-temp"
 # tf.data gives each input worker whole shard files; a few shards per split let up to that many
 # workers (MultiWorkerMirrored, TPU hosts) share even a small dataset.
 MIN_AUTO_SHARDS = 4
@@ -95,6 +97,11 @@ def file_sets(layout: paths.DatasetLayout, num_shards: int) -> dict[str, write.F
     }
     sets[REJECTS] = write.FileSet(layout.rejects_prefix, ".tsv", write.TEXT)
     return sets
+
+
+def _temp_dir(layout: paths.DatasetLayout) -> str:
+    """Where records wait for their shard; removed before the metadata is written."""
+    return os.path.join(layout.root, TEMP_DIR)
 
 
 def _format_reject(reject: records.Reject) -> tuple[str, bytes]:
@@ -153,7 +160,7 @@ def build(
     formatted_rejects = rejects | "FormatRejects" >> beam.Map(_format_reject)
     sets = file_sets(layout, config.num_shards)
     record_parts = (examples, formatted_rejects)
-    files = record_parts | "WriteFiles" >> write.WriteFileSets(sets)
+    files = record_parts | "WriteFiles" >> write.WriteFileSets(sets, _temp_dir(layout))
     accounts = (
         read_counts | "SumRead" >> accounting.SumReadCounts(),
         kept

@@ -11,9 +11,11 @@ import os
 
 import apache_beam as beam
 import pytest
+from apache_beam import coders
 from apache_beam.options import pipeline_options
-from apache_beam.runners.portability.fn_api_runner import worker_handlers
+from apache_beam.runners.portability.fn_api_runner import execution, worker_handlers
 from apache_beam.testing import util
+from apache_beam.transforms import core, window
 
 from preprocessing import direct_runner
 
@@ -83,3 +85,44 @@ def test_a_users_own_threshold_is_left_alone(monkeypatch):
 def _resident_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _filled_grouping_buffer():
+    """A real runner shuffle buffer holding 300 keys, some with several values."""
+    key_value = coders.TupleCoder([coders.BytesCoder(), coders.BytesCoder()])
+    pre = coders.WindowedValueCoder(key_value, coders.coders.GlobalWindowCoder())
+    post = coders.WindowedValueCoder(
+        coders.TupleCoder([coders.BytesCoder(), coders.IterableCoder(coders.BytesCoder())]),
+        coders.coders.GlobalWindowCoder(),
+    )
+    buffer = execution.GroupingBuffer(pre, post, core.Windowing(window.GlobalWindows()))
+    for index in range(1000):
+        element = window.GlobalWindows.windowed_value((b"key %d" % (index % 300), b"v%d" % index))
+        buffer.append(pre.get_impl().encode_nested(element))
+    return buffer
+
+
+class _TableWatchingCoder:
+    """Wraps the buffer's output coder to note how many keys its table holds at each encode."""
+
+    def __init__(self, buffer):
+        self._buffer, self._impl = buffer, buffer._post_grouped_coder.get_impl()
+        self.keys_held = []
+
+    def get_impl(self):
+        return self
+
+    def encode_to_stream(self, value, stream, nested):
+        self.keys_held.append(len(self._buffer._table))
+        self._impl.encode_to_stream(value, stream, nested)
+
+
+def test_shuffle_hand_over_sends_what_beam_sends_and_frees_keys_as_it_goes(monkeypatch):
+    expected = _filled_grouping_buffer().partition(3)
+    monkeypatch.setattr(execution.GroupingBuffer, "partition", execution.GroupingBuffer.partition)
+    direct_runner.hand_over_shuffles_once()
+    buffer = _filled_grouping_buffer()
+    watcher = buffer._post_grouped_coder = _TableWatchingCoder(buffer)
+    assert buffer.partition(3) == expected
+    # Beam's own partition keeps all 300 keys until every one is encoded.
+    assert watcher.keys_held == list(range(299, -1, -1))
