@@ -3,9 +3,11 @@
 Set-up, cached under --work (each step is skipped when its output exists):
 1. A dataset of the bundled corpus with 8% of the pairs held out as test (about 2,800 sentences;
    the default 2.8% gives ~980), preprocessed by the project's Beam job.
-2. Our reference model trained on its train split for --our_minutes (model-Nmin/).
+2. Our reference model trained on its train split for --steps (model-Nsteps/).
 3. OpenNMT-tf 2.32 (its own venv, see bench/opennmt_reference/README.md) trained on the same
-   train pairs for --onmt_steps, with SentencePiece 8k per side.
+   train pairs for the same --steps, batch and gradient clipping, with SentencePiece 8k per side:
+   equal steps of one architecture and recipe give checkpoints of comparable quality, which the
+   BLEU column shows (a weak model decodes slower: it runs on to the maximum length).
 Then both decode the same test sources in the same run, in length-sorted batches of
 --batch_size, with the same beam width, length penalty (0.6) and maximum length (80):
 - ours: the live model under `tf.function` (fused greedy and beam search, and TFA's beam search
@@ -17,8 +19,8 @@ pieces/s and BLEU (sacreBLEU against the references, so the two checkpoints' qua
 compared), and ours/OpenNMT-tf per sentence and per target piece for each matching row; then
 how often the fused and TFA's beam search agree on the same weights. Run it alone.
 
-  .venv/bin/python bench/decode.py                       # set-up once (~35 min alone), then ~8 min
-  .venv/bin/python bench/decode.py --limit 200 --our_minutes 1 --onmt_steps 200   # smoke run
+  .venv/bin/python bench/decode.py                       # set-up once (~20 min alone), then ~8 min
+  .venv/bin/python bench/decode.py --limit 200 --steps 100   # smoke run
 """
 
 import argparse
@@ -58,13 +60,13 @@ def prepare_dataset(work: str) -> str:
     return data_dir
 
 
-def train_ours(work: str, data_dir: str, minutes: float) -> str:
-    """Our reference model trained for `minutes` on the dataset (cached)."""
-    model_dir = os.path.join(work, f"model-{minutes:g}min")
+def train_ours(work: str, data_dir: str, steps: int) -> str:
+    """Our reference model trained for `steps` on the dataset (cached)."""
+    model_dir = os.path.join(work, f"model-{steps}steps")
     if not os.path.exists(os.path.join(model_dir, "checkpoints", "checkpoint")):
-        overrides = f"train.max_train_seconds={minutes * 60:.0f},train.eval_every=1000000"
+        overrides = f"train.train_steps={steps},train.eval_every=1000000"
         common.run_step(
-            f"Training our reference model for {minutes:g} minutes",
+            f"Training our reference model for {steps} steps",
             [sys.executable, "-m", "trainer.main", "--experiment=attention_seq2seq/base"]
             + [f"--data_dir={data_dir}", f"--model_dir={model_dir}"]
             + [f"--params_override={overrides}", "--noexport", "--noevaluate_test"],
@@ -231,7 +233,7 @@ def run_opennmt(args, text_dir: str, limit: int) -> dict:
             [python, os.path.join(ONMT_DIR, "decode.py"), f"--work={args.onmt_work}"]
             + [f"--train_tsv={os.path.join(text_dir, 'train.tsv')}"]
             + [f"--sources={os.path.join(text_dir, 'test.en')}", f"--limit={limit}"]
-            + [f"--steps={args.onmt_steps}", f"--batch_size={args.batch_size}"]
+            + [f"--steps={args.steps}", f"--batch_size={args.batch_size}"]
             + [f"--beam_width={BEAM_WIDTH}", f"--output={result_path}"],
         )
         with open(result_path, encoding="utf-8") as f:
@@ -270,8 +272,7 @@ def main():
     parser.add_argument("--work", default=os.path.join(common.REPO, "runs", "bench", "decode"))
     parser.add_argument("--limit", type=int, default=0, help="Test sentences (0: all).")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--our_minutes", type=float, default=5.0, help="Our training budget.")
-    parser.add_argument("--onmt_steps", type=int, default=5000, help="OpenNMT-tf train steps.")
+    parser.add_argument("--steps", type=int, default=1500, help="Training steps of both models.")
     parser.add_argument("--onmt_venv", default=os.path.join(CACHE, "onmt-venv"))
     parser.add_argument("--onmt_work", default=os.path.join(CACHE, "onmt-work", "decode"))
     parser.add_argument("--skip_opennmt", action="store_true", help="Time ours only.")
@@ -280,7 +281,7 @@ def main():
     )
     args = parser.parse_args()
     data_dir = prepare_dataset(args.work)
-    trainer = load_trainer(args.run_dir or train_ours(args.work, data_dir, args.our_minutes))
+    trainer = load_trainer(args.run_dir or train_ours(args.work, data_dir, args.steps))
     sources, references = evaluate_main.read_split(data_dir, "test")
     if args.limit:
         sources, references = sources[: args.limit], references[: args.limit]
