@@ -5,7 +5,7 @@ Set-up, cached under --work (each step is skipped when its output exists):
    the default 2.8% gives ~980), preprocessed by the project's Beam job.
 2. Our reference model trained on its train split for --steps (model-Nsteps/).
 3. OpenNMT-tf 2.32 (its own venv, see bench/opennmt_reference/README.md) trained on the same
-   train pairs for the same --steps, batch and gradient clipping, with SentencePiece 8k per side:
+   train pairs for the same --steps, batch and training recipe, with SentencePiece 8k per side:
    equal steps of one architecture and recipe give checkpoints of comparable quality, which the
    BLEU column shows (a weak model decodes slower: it runs on to the maximum length).
 Then both decode the same test sources in the same run, in length-sorted batches of
