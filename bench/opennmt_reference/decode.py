@@ -167,7 +167,7 @@ def measure(args, data_dir: str, model_dir: str, sources: list[str]) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", required=True, help="Cache: data/ and model-STEPS/.")
+    parser.add_argument("--work", required=True, help="Cache: data/ and model-STEPS-our-recipe/.")
     parser.add_argument("--train_tsv", required=True, help="Training pairs, source<TAB>target.")
     parser.add_argument("--sources", required=True, help="Test sources, one per line.")
     parser.add_argument("--output", required=True, help="Results JSON.")
