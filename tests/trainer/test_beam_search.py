@@ -179,6 +179,10 @@ def test_greedy_equals_tfa_greedy(lively):
     np.testing.assert_array_equal(lengths, ref_lengths)
     for row, length in enumerate(lengths.numpy()):
         np.testing.assert_array_equal(ids[row, :length], ref_ids[row, :length])
+    # EOS-filled after each sentence's EOS, and only as many steps as the longest needed.
+    assert ids.shape[1] == lengths.numpy().max()
+    after = np.arange(ids.shape[1]) >= lengths.numpy()[:, None]
+    assert np.all(ids.numpy()[after] == vocab_lib.EOS_ID)
 
 
 def test_graph_mode_with_unknown_shapes_matches_eager(lively):
