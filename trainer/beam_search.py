@@ -295,51 +295,60 @@ class _Greedy(NamedTuple):
 
     rows: object  # [b] the sentences' rows in the batch
     tokens: object  # [b, 1] the last token
-    sequences: object  # [b, max_length] pieces so far, EOS-filled
     state: decoder_step.State
     memory: decoder_step.Memory
+
+
+def _drop_ended(greedy: _Greedy, going) -> _Greedy:
+    """The loop state without the sentences that just ended: a gather only on steps where any
+    did (in length-sorted batches, a few steps), not a copy of every state and memory each step."""
+
+    def drop():
+        keep = tf.cast(tf.where(going)[:, 0], tf.int32)
+        return tf.nest.map_structure(lambda x: tf.gather(x, keep), greedy)
+
+    return tf.cond(tf.reduce_all(going), lambda: greedy, drop)
 
 
 def greedy_decode(seq2seq, source_ids, source_lengths, max_length: int):
     """Greedy translation: (ids [B, T], lengths [B]), EOS-filled after EOS, lengths with EOS.
 
     TFA's `BasicDecoder` with `GreedyEmbeddingSampler` takes the same choices (argmax of the
-    logits); a sentence leaves the loop at its EOS.
+    logits); a sentence leaves the loop at its EOS. Each step writes one token per sentence of
+    the batch (EOS for those that have left), so the loop carries no ids.
     """
     weights = decoder_step.step_weights(seq2seq, seq2seq.attention_layer.compute_dtype)
     batch = tf.shape(source_ids)[0]
     greedy = _Greedy(
         rows=tf.range(batch),
         tokens=tf.fill([batch, 1], vocab_lib.BOS_ID),
-        sequences=tf.fill([batch, max_length], EOS),
         state=decoder_step.initial_state(batch, 1, seq2seq),
         memory=decoder_step.encode(seq2seq, source_ids, source_lengths),
     )
-    ids = tf.fill([batch, max_length], EOS)
-    lengths = tf.fill([batch], max_length)
+    emitted = tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None])
 
-    def body(t, greedy, ids, lengths):
+    def body(t, greedy, emitted):
         embedded = seq2seq.target_embedding(greedy.tokens)
         attention, state, _ = decoder_step.step(weights, greedy.memory, greedy.state, embedded)
         logits = seq2seq.projection(tf.cast(attention[:, 0], seq2seq.projection.compute_dtype))
         tokens = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        at_t = tf.one_hot(t, max_length, on_value=True, off_value=False)
-        sequences = tf.where(at_t, tokens[:, None], greedy.sequences)
-        ended = tf.equal(tokens, EOS)
-        rows = tf.boolean_mask(greedy.rows, ended)[:, None]
-        ids = tf.tensor_scatter_nd_update(ids, rows, tf.boolean_mask(sequences, ended))
-        lengths = tf.tensor_scatter_nd_update(lengths, rows, tf.fill([tf.shape(rows)[0]], t + 1))
-        keep = tf.cast(tf.where(tf.logical_not(ended))[:, 0], tf.int32)
-        greedy = _Greedy(greedy.rows, tokens[:, None], sequences, state, greedy.memory)
-        return t + 1, tf.nest.map_structure(lambda x: tf.gather(x, keep), greedy), ids, lengths
+        everyone = tf.fill([batch], EOS)
+        emitted = emitted.write(
+            t, tf.tensor_scatter_nd_update(everyone, greedy.rows[:, None], tokens)
+        )
+        greedy = greedy._replace(tokens=tokens[:, None], state=state)
+        return t + 1, _drop_ended(greedy, tf.not_equal(tokens, EOS)), emitted
 
     loose = tf.nest.map_structure(lambda t: tf.TensorShape([None, *t.shape[1:]]), greedy)
     loose = loose._replace(memory=decoder_step.memory_invariants(greedy.memory))
-    steps, greedy, ids, lengths = tf.while_loop(
-        lambda t, greedy, *_: tf.logical_and(t < max_length, tf.size(greedy.rows) > 0),
+    _, _, emitted = tf.while_loop(
+        lambda t, greedy, _: tf.logical_and(t < max_length, tf.size(greedy.rows) > 0),
         body,
-        (tf.constant(0), greedy, ids, lengths),
-        shape_invariants=(tf.TensorShape([]), loose, ids.shape, lengths.shape),
+        (tf.constant(0), greedy, emitted),
+        shape_invariants=(tf.TensorShape([]), loose, tf.TensorShape(None)),
     )
-    ids = tf.tensor_scatter_nd_update(ids, greedy.rows[:, None], greedy.sequences)
-    return ids[:, :steps], lengths
+    ids = tf.transpose(emitted.stack())
+    is_eos = tf.equal(ids, EOS)
+    # A sentence that never ended ran to `max_length`.
+    ended_at = tf.argmax(tf.cast(is_eos, tf.int32), axis=1, output_type=tf.int32) + 1
+    return ids, tf.where(tf.reduce_any(is_eos, axis=1), ended_at, max_length)

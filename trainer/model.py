@@ -237,12 +237,26 @@ class Seq2Seq(tf.keras.Model):
         return self.tfa_beam_search(source_ids, source_lengths, *options)
 
     def tfa_beam_search(
-        self, source_ids, source_lengths, beam_width, length_penalty, coverage_penalty, max_length
+        self,
+        source_ids,
+        source_lengths,
+        beam_width,
+        length_penalty,
+        coverage_penalty,
+        max_length,
+        to_max_length=False,
     ):
-        """TFA's `BeamSearchDecoder` (the reference `beam_search.beam_search` is tested against)."""
+        """TFA's `BeamSearchDecoder` (the reference `beam_search.beam_search` is tested against).
+
+        The same contract as `beam_search`; the ids are backtracked from the last step, not as
+        TFA's `finalize` does (`_ids_in_final_order`). With `to_max_length` it runs `max_length`
+        steps, so that it ranks every sentence's hypotheses once more after they end, as
+        `beam_search` does (`tfa_lib.BeamSearchToMaxLength`).
+        """
         initial_state = self._encode_for_decoding(source_ids, source_lengths, beam_width, False)
         batch = tf.shape(source_ids)[0]
-        decoder = tfa_lib.BeamSearchDecoder(
+        search = tfa_lib.BeamSearchToMaxLength if to_max_length else tfa_lib.BeamSearchDecoder
+        decoder = search(
             self.attention_cell,
             beam_width,
             embedding_fn=self.target_embedding,
@@ -257,6 +271,25 @@ class Seq2Seq(tf.keras.Model):
             end_token=vocab_lib.EOS_ID,
             initial_state=initial_state,
         )
-        ids = tf.transpose(outputs.predicted_ids, [0, 2, 1])
-        scores = outputs.beam_search_decoder_output.scores[:, -1, :]
-        return ids, scores, lengths
+        steps = outputs.beam_search_decoder_output
+        return _ids_in_final_order(steps, batch), steps.scores[:, -1, :], lengths
+
+
+def _ids_in_final_order(steps, batch):
+    """TFA's hypotheses [B, beam, T] in the order of the scores and lengths it returns.
+
+    TFA's `finalize` backtracks each sentence from its longest hypothesis' length, so the step
+    after that, which ranks the sentence's finished hypotheses once more by their final scores
+    (with EOS in their length, and the coverage penalty), reorders the scores and lengths but
+    not `predicted_ids`: the best score would come with another hypothesis' ids (4% of a
+    trained model's test sentences, `bench/decode.py`). Backtracking every sentence from the
+    last step keeps the three together.
+    """
+    time_major = [1, 0, 2]
+    ids = tfa_lib.gather_tree(
+        tf.transpose(steps.predicted_ids, time_major),
+        tf.transpose(steps.parent_ids, time_major),
+        tf.fill([batch], tf.shape(steps.predicted_ids)[1]),
+        vocab_lib.EOS_ID,
+    )
+    return tf.transpose(ids, [1, 2, 0])

@@ -22,6 +22,7 @@ TrainingSampler = tfa.seq2seq.TrainingSampler
 GreedyEmbeddingSampler = tfa.seq2seq.GreedyEmbeddingSampler
 ScheduledEmbeddingTrainingSampler = tfa.seq2seq.ScheduledEmbeddingTrainingSampler
 tile_batch = tfa.seq2seq.tile_batch
+gather_tree = tfa.seq2seq.gather_tree
 LayerNormLSTMCell = tfa.rnn.LayerNormLSTMCell
 
 
@@ -62,3 +63,16 @@ def weight_normalized_kernel(wrapper: WeightNormalization):
     variable = getattr(wrapper.v, "_variable", wrapper.v)  # the float32 variable itself
     g = getattr(wrapper.g, "_variable", wrapper.g)
     return tf.nn.l2_normalize(variable, axis=wrapper.kernel_norm_axes) * g
+
+
+class BeamSearchToMaxLength(BeamSearchDecoder):
+    """TFA's beam search run for `maximum_iterations` steps, even after every beam has ended.
+
+    TFA ranks a sentence's finished hypotheses once more by their final scores on the step after
+    they end, so it skips that ranking for the sentences that end on the last step their batch
+    runs; run to the maximum, it ranks every sentence that ends before it, whatever the batch.
+    """
+
+    def step(self, time, inputs, state, training=None, name=None):
+        outputs, state, inputs, finished = super().step(time, inputs, state, training, name)
+        return outputs, state, inputs, tf.zeros_like(finished)

@@ -7,9 +7,9 @@ steps (a fresh model ends all at once or never). Two references:
 - TFA's `BeamSearchDecoder` ranks a sentence's finished hypotheses once more with their final
   scores on the step after they end, but not on the last step it runs for the batch; the fused
   search always does (except at `max_length`), so the reference is TFA's decoder run to
-  `max_length` (`_RunToMaxLength`). TFA's `gather_tree` backtracks each sentence from its longest
-  hypothesis' length, so that last ranking reorders TFA's scores but not its ids: hypotheses
-  are compared as sets per sentence, scores beam by beam.
+  `max_length` (`tfa_beam_search(..., to_max_length=True)`), with its ids backtracked from the
+  last step (TFA's own `finalize` would leave them in the order before that last ranking). Ids,
+  scores and lengths are then compared beam by beam.
 """
 
 import numpy as np
@@ -18,38 +18,9 @@ import tensorflow as tf
 
 from pipeline import vocab as vocab_lib
 from tests.trainer import test_model_components as components
-from trainer import beam_search, decoder_step, tfa_lib
+from trainer import beam_search, decoder_step
 
 MAX_LENGTH = 12
-
-
-class _RunToMaxLength(tfa_lib.BeamSearchDecoder):
-    """TFA's beam search that never reports the batch finished, so it runs `max_length` steps."""
-
-    def step(self, time, inputs, state, training=None, name=None):
-        outputs, state, inputs, finished = super().step(time, inputs, state, training, name)
-        return outputs, state, inputs, tf.zeros_like(finished)
-
-
-def _tfa_to_max_length(seq2seq, source_ids, source_lengths, beam_width, lp, cp):
-    initial_state = seq2seq._encode_for_decoding(source_ids, source_lengths, beam_width, False)
-    decoder = _RunToMaxLength(
-        seq2seq.attention_cell,
-        beam_width,
-        embedding_fn=seq2seq.target_embedding,
-        output_layer=seq2seq.projection,
-        length_penalty_weight=lp,
-        coverage_penalty_weight=cp,
-        maximum_iterations=MAX_LENGTH,
-    )
-    outputs, _, lengths = decoder(
-        None,
-        start_tokens=tf.fill([tf.shape(source_ids)[0]], vocab_lib.BOS_ID),
-        end_token=vocab_lib.EOS_ID,
-        initial_state=initial_state,
-    )
-    ids = tf.transpose(outputs.predicted_ids, [0, 2, 1])
-    return ids, outputs.beam_search_decoder_output.scores[:, -1, :], lengths
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +127,33 @@ def test_plain_tfa_differs_only_where_it_ends_the_batch(lively):
     assert 0 < ranked_again.sum() < len(ranked_again)
     same = np.all(np.isclose(scores, ref_scores, atol=1e-4, rtol=0), axis=1)
     assert np.all(same[ranked_again]) and not np.all(same)
+    np.testing.assert_array_equal(
+        tf.boolean_mask(ids, ranked_again), tf.boolean_mask(ref_ids, ranked_again)
+    )
     assert _hypotheses(ids) == _hypotheses(ref_ids)
+
+
+def _lengths_from_ids(ids):
+    """Each hypothesis' length up to its first EOS (included), or the number of steps."""
+    is_eos = ids.numpy() == vocab_lib.EOS_ID
+    return np.where(is_eos.any(axis=2), is_eos.argmax(axis=2) + 1, ids.shape[2]).astype(np.int32)
+
+
+def test_tfa_reference_returns_the_ids_its_scores_belong_to(lively):
+    """TFA's `finalize` backtracks each sentence from its longest hypothesis' length, so the
+    ranking on the step after (by final scores) reorders its scores and lengths but not its ids;
+    `tfa_beam_search` backtracks from the last step, so all three go together."""
+    seq2seq, source_ids, source_lengths = lively
+    ids, scores, lengths = seq2seq.tfa_beam_search(
+        source_ids, source_lengths, 4, 0.6, 0.2, MAX_LENGTH
+    )
+    np.testing.assert_array_equal(_lengths_from_ids(ids), lengths)
+    ranked_again = lengths.numpy().max(axis=1) < ids.shape[2]
+    assert ranked_again.sum() >= 4
+    recomputed = _teacher_forced_scores(
+        seq2seq, source_ids, source_lengths, ids, _lengths_from_ids(ids), 0.6, 0.2
+    )
+    np.testing.assert_allclose(scores[ranked_again], recomputed[ranked_again], atol=1e-4, rtol=0)
 
 
 def test_a_sentence_decodes_the_same_alone_and_in_a_batch(lively):
@@ -182,6 +179,10 @@ def test_greedy_equals_tfa_greedy(lively):
     np.testing.assert_array_equal(lengths, ref_lengths)
     for row, length in enumerate(lengths.numpy()):
         np.testing.assert_array_equal(ids[row, :length], ref_ids[row, :length])
+    # EOS-filled after each sentence's EOS, and only as many steps as the longest needed.
+    assert ids.shape[1] == lengths.numpy().max()
+    after = np.arange(ids.shape[1]) >= lengths.numpy()[:, None]
+    assert np.all(ids.numpy()[after] == vocab_lib.EOS_ID)
 
 
 def test_graph_mode_with_unknown_shapes_matches_eager(lively):
@@ -228,11 +229,11 @@ def test_layer_norm_and_bahdanau_models_keep_tfa_decoding():
 def _search_as_tfa_does(seq2seq, source_ids, source_lengths, options):
     """The fused search's (ids, scores, lengths), checked against TFA's on the same model."""
     ids, scores, lengths = beam_search.beam_search(seq2seq, source_ids, source_lengths, *options)
-    ref_ids, ref_scores, ref_lengths = _tfa_to_max_length(
-        seq2seq, source_ids, source_lengths, *options[:3]
+    ref_ids, ref_scores, ref_lengths = seq2seq.tfa_beam_search(
+        source_ids, source_lengths, *options, to_max_length=True
     )
     assert len(set(lengths.numpy().ravel())) >= 4, "the model must end beams at many steps"
     np.testing.assert_allclose(scores, ref_scores, atol=1e-4, rtol=0)
     np.testing.assert_array_equal(lengths, ref_lengths)
-    assert _hypotheses(ids) == _hypotheses(ref_ids)
+    np.testing.assert_array_equal(ids, ref_ids)
     return ids, scores, lengths
