@@ -1,0 +1,117 @@
+"""The job's progress lines: a line per stage start and end, read progress, each once, throttled."""
+
+import logging
+import re
+
+import apache_beam as beam
+from apache_beam.portability.api import beam_fn_api_pb2
+from apache_beam.runners.portability import local_job_service
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+from preprocessing import io, progress
+
+STAGE = re.compile(r"Stage (\d+)/(\d+) \((.+)\) (started at|done in) ")
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _messages(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == progress.__name__]
+
+
+def test_throttle_says_yes_once_per_interval():
+    clock = _Clock()
+    throttle = progress.Throttle(30, clock)
+    answers = []
+    for second in range(100):
+        clock.now = second
+        answers.append(throttle.ready())
+    assert [second for second, yes in enumerate(answers) if yes] == [30, 60, 90]
+
+
+def test_read_progress_sums_the_workers_and_prints_one_line_per_interval(caplog):
+    clock = _Clock()
+    reads = progress._ReadProgress(progress.Throttle(30, clock))
+    caplog.set_level(logging.INFO)
+    for second in range(1, 61):  # Two workers report every second for a minute.
+        clock.now = second
+        for worker in (1, 2):
+            reads.update(worker, second * 2**20, 240 * 2**20, "corpus.tsv", float(second))
+    # The first worker's report at 30 s lets a line out: 30 + 29 MB read at 1 MB/s each.
+    assert _messages(caplog) == [
+        "Reading corpus.tsv: 59.0 MB of 240.0 MB (25%), about 1 min 30 s left",
+        "Reading corpus.tsv: 119.0 MB of 240.0 MB (50%), about 1 min 0 s left",
+    ]
+
+
+def _worker_log(level: int, location: str, message: str) -> None:
+    """Logs `message` as Beam's engine logs a record a worker process sent it."""
+    entry = beam_fn_api_pb2.LogEntry(
+        severity=beam_fn_api_pb2.LogEntry.Severity.INFO
+        if level == logging.INFO
+        else beam_fn_api_pb2.LogEntry.Severity.WARN,
+        message=message,
+        log_location=location,
+    )
+    bundle = beam_fn_api_pb2.LogEntry.List(log_entries=[entry])
+    list(local_job_service.BeamFnLoggingServicer().Logging([bundle]))
+
+
+def test_worker_records_of_this_project_become_plain_lines_once(caplog):
+    caplog.set_level(logging.INFO)
+    own = f"{io.__file__}:208"
+    library = "/venv/apache_beam/runners/worker/sdk_worker.py:10"
+    with progress.Reporter(seconds=0):
+        _worker_log(logging.WARNING, own, "a.en and a.de have different line counts")
+        _worker_log(logging.INFO, library, "Control channel established.")
+        _worker_log(logging.WARNING, library, "No semi_persistent_directory found")
+        _worker_log(
+            logging.INFO,
+            own,
+            "Read progress: worker 7 has read 512 of 1024 bytes of corpus.tsv in 2.0 s.",
+        )
+    relayed = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    assert relayed[0] == (
+        progress.__name__,
+        "WARNING",
+        "a.en and a.de have different line counts",
+    )
+    # A library's warning stays as Beam logs it (the console leaves it to the log file).
+    assert relayed[1][:2] == (progress.WORKER_LOG_RELAY, "WARNING")
+    assert "No semi_persistent_directory found" in relayed[1][2]
+    assert relayed[2] == (
+        progress.__name__,
+        "INFO",
+        "Reading corpus.tsv: 512 B of 1 kB (50%), about 2 s left",
+    )
+    assert len(relayed) == 3  # The library's INFO record is dropped, as before.
+    assert (caplog.records[0].pathname, caplog.records[0].lineno) == (io.__file__, 208)
+    assert logging.getLogger(progress.WORKER_LOG_RELAY).filters == []  # Left as found.
+
+
+def test_without_the_engine_hook_the_job_still_runs_and_says_why_in_the_log(monkeypatch, caplog):
+    monkeypatch.delattr(fn_runner.FnApiRunner, "_execute_bundle")
+    caplog.set_level(logging.INFO)
+    with progress.Reporter(seconds=30):
+        pass
+    [note] = caplog.records
+    assert "no stage lines" in note.getMessage()
+    assert note.file_only
+
+
+def test_short_stages_stay_in_the_log_file(caplog):
+    """A stage shorter than the announcement delay gets no console line, start or end."""
+    caplog.set_level(logging.INFO)
+    with progress.Reporter(seconds=30), beam.Pipeline() as pipeline:
+        _ = pipeline | beam.Create(range(10)) | beam.Map(abs) | beam.combiners.Count.Globally()
+    done = [r for r in caplog.records if r.name == progress.__name__]
+    assert done and all(STAGE.match(r.getMessage()).group(4) == "done in" for r in done)
+    for record in done:
+        if float(record.getMessage().split(" done in ")[1][:-2]) < progress.ANNOUNCE_AFTER_SECONDS:
+            assert record.file_only, record.getMessage()
