@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 from apache_beam.io import fileio, filesystems
 
 from pipeline import paths
-from preprocessing import output_dir, packed, ranges, records
+from preprocessing import output_dir, packed, progress, ranges, records
 
 TFDS_PREFIX = "tfds:"
 READ_COUNTS = "read_counts"
@@ -195,7 +195,7 @@ class ReadTsv(beam.PTransform):
         self,
         pattern: str,
         range_bytes: int = ranges.DEFAULT_RANGE_BYTES,
-        progress_seconds: float = 30.0,
+        progress_seconds: float = progress.DEFAULT_SECONDS,
     ):
         super().__init__()
         self._pattern = pattern
@@ -391,7 +391,7 @@ class ReadInputs(beam.PTransform):
         self,
         specs: list[InputSpec],
         range_bytes: int = ranges.DEFAULT_RANGE_BYTES,
-        progress_seconds: float = 30.0,
+        progress_seconds: float = progress.DEFAULT_SECONDS,
     ):
         super().__init__()
         self._specs = specs

@@ -22,6 +22,7 @@ from preprocessing import (
     clean,
     encode,
     io,
+    progress,
     ranges,
     records,
     split,
@@ -61,7 +62,7 @@ class PreprocessConfig:
     num_shards: int = 0
     vocab: vocabulary.VocabParams = vocabulary.VocabParams()
     input_range_bytes: int = ranges.DEFAULT_RANGE_BYTES
-    progress_seconds: float = 30.0
+    progress_seconds: float = progress.DEFAULT_SECONDS
 
     def __post_init__(self):
         split.check_fractions(self.dev_fraction, self.test_fraction)

@@ -39,6 +39,8 @@ _READ_FORMAT = "Read progress: worker %d has read %d of %d bytes of %s in %.1f s
 _READ_PATTERN = re.compile(
     r"Read progress: worker (\d+) has read (\d+) of (\d+) bytes of (.+) in ([\d.]+) s\.$"
 )
+# Least seconds between two progress lines, by default (`--progress_seconds`).
+DEFAULT_SECONDS = 30.0
 # Stages shorter than this are in the log file only.
 ANNOUNCE_AFTER_SECONDS = 5.0
 _LOG = logging.getLogger(__name__)

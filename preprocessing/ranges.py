@@ -131,7 +131,12 @@ class ReadLines(beam.PTransform):
     at most every `progress_seconds` (`progress.ReadMeter`).
     """
 
-    def __init__(self, range_bytes: int, name: str = "the input", progress_seconds: float = 30.0):
+    def __init__(
+        self,
+        range_bytes: int,
+        name: str = "the input",
+        progress_seconds: float = progress.DEFAULT_SECONDS,
+    ):
         super().__init__()
         if range_bytes < 1:
             raise ValueError(f"range_bytes must be positive, got {range_bytes}.")

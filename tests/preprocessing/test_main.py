@@ -248,6 +248,7 @@ def test_a_sink_that_loses_a_record_fails_the_job_without_completed(
         (["--source_input=a.en"], "--source_input has 1 file"),
         (["--input=/nonexistent/*.tsv"], "matches no file"),
         (["--input=x.tsv", "--dev_fraction=0.6", "--test_fraction=0.5"], "leaves nothing"),
+        (["--input=x.tsv", "--progress_seconds=-1"], "--progress_seconds must not be negative"),
     ],
 )
 def test_bad_flags_exit_with_a_message(argv, message, tmp_path, capsys):
