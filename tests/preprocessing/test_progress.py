@@ -108,7 +108,8 @@ def test_without_the_engine_hook_the_job_still_runs_and_says_why_in_the_log(monk
 def test_short_stages_stay_in_the_log_file(caplog):
     """A stage shorter than the announcement delay gets no console line, start or end."""
     caplog.set_level(logging.INFO)
-    with progress.Reporter(seconds=30), beam.Pipeline() as pipeline:
+    # The DirectRunner's engine itself: with network access the DirectRunner may run Prism.
+    with progress.Reporter(seconds=30), beam.Pipeline(runner=fn_runner.FnApiRunner()) as pipeline:
         _ = pipeline | beam.Create(range(10)) | beam.Map(abs) | beam.combiners.Count.Globally()
     done = [r for r in caplog.records if r.name == progress.__name__]
     assert done and all(STAGE.match(r.getMessage()).group(4) == "done in" for r in done)
