@@ -28,6 +28,8 @@ import threading
 import time
 
 from apache_beam.io import filesystem
+from apache_beam.portability.api import beam_fn_api_pb2
+from apache_beam.runners.portability.fn_api_runner import fn_runner
 from google.protobuf import text_format
 
 from pipeline import console
@@ -228,18 +230,32 @@ class Reporter:
         self._exit.close()
 
     def _run_stage(self, execute, runner, context, bundle_context, bundle_input):
-        stage = bundle_context.stage
-        number = self._numbers.setdefault(stage.name, len(self._numbers) + 1)
-        with self._lock:
-            self._stage = _Stage(number, len(context.stages), stage_steps(stage))
-            if self._announce_after <= 0:
-                self._announce(self._stage)
+        stage = self._begin(context, bundle_context.stage)
         try:
             return execute(runner, context, bundle_context, bundle_input)
         finally:
+            if stage is not None:
+                self._finish()
+
+    def _begin(self, context, stage) -> _Stage | None:
+        """The stage's report, begun; None if this engine's stage cannot be described."""
+        try:
+            number = self._numbers.setdefault(stage.name, len(self._numbers) + 1)
             with self._lock:
-                self._end(self._stage)
-                self._stage = None
+                self._stage = _Stage(number, len(context.stages), stage_steps(stage))
+                if self._announce_after <= 0:
+                    self._announce(self._stage)
+                return self._stage
+        except Exception:  # noqa: BLE001  (the stage runs whether or not it is reported)
+            _LOG.info(
+                "Cannot describe a stage of this engine.", exc_info=True, extra=console.FILE_ONLY
+            )
+            return None
+
+    def _finish(self) -> None:
+        with self._lock:
+            self._end(self._stage)
+            self._stage = None
 
     def _announce(self, stage: _Stage) -> None:
         stage.announced = True
@@ -305,8 +321,6 @@ class Reporter:
 
 def _parse_log_entry(text: str):
     """The `LogEntry` Beam's engine printed (one line of protobuf text), or None."""
-    from apache_beam.portability.api import beam_fn_api_pb2
-
     try:
         return text_format.Parse(text, beam_fn_api_pb2.LogEntry())
     except text_format.ParseError:
@@ -316,8 +330,6 @@ def _parse_log_entry(text: str):
 @contextlib.contextmanager
 def _wrapped_execute_bundle(run_stage):
     """Routes the DirectRunner engine's stage runs through `run_stage` while open."""
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-
     execute = getattr(fn_runner.FnApiRunner, "_execute_bundle", None)
     if execute is None:
         _LOG.info(

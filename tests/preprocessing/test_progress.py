@@ -116,3 +116,20 @@ def test_short_stages_stay_in_the_log_file(caplog):
     for record in done:
         if float(record.getMessage().split(" done in ")[1][:-2]) < progress.ANNOUNCE_AFTER_SECONDS:
             assert record.file_only, record.getMessage()
+
+
+def test_a_stage_that_cannot_be_described_still_runs(monkeypatch, caplog, tmp_path):
+    def broken(stage):
+        raise AttributeError("an engine whose stages have no transforms")
+
+    monkeypatch.setattr(progress, "stage_steps", broken)
+    caplog.set_level(logging.INFO)
+    with progress.Reporter(seconds=0), beam.Pipeline(runner=fn_runner.FnApiRunner()) as pipeline:
+        _ = (
+            pipeline
+            | beam.Create(["a", "b"])
+            | beam.io.WriteToText(str(tmp_path / "out"), shard_name_template="")
+        )
+    assert (tmp_path / "out").read_text().split() == ["a", "b"]
+    notes = {r.getMessage() for r in caplog.records if r.name == progress.__name__}
+    assert notes == {"Cannot describe a stage of this engine."}
