@@ -271,15 +271,20 @@ class Reporter:
         return time.monotonic() - stage.started
 
     def _watch(self) -> None:
-        """Announces long stages and says, at most every `seconds`, how long one has run."""
-        while not self._stop.wait(min(1.0, max(self._seconds, 0.1))):
+        """Announces long stages and says, at most every `seconds`, how long one has run.
+
+        The first such line comes `seconds` into the stage, not just after its announcement.
+        """
+        while not self._stop.wait(min(1.0, max(self._seconds / 4, 0.05))):
             with self._lock:
                 stage = self._stage
                 if stage is None:
                     continue
                 if not stage.announced and self._age(stage) >= self._announce_after:
                     self._announce(stage)
-                elif stage.announced and self._throttle.ready():
+                elif (
+                    stage.announced and self._age(stage) >= self._seconds and self._throttle.ready()
+                ):
                     _LOG.info("%s running for %s", stage.label(), duration(self._age(stage)))
 
     def _filter(self, record: logging.LogRecord) -> bool:

@@ -1,7 +1,9 @@
 """The job's progress lines: a line per stage start and end, read progress, each once, throttled."""
 
+import itertools
 import logging
 import re
+import time
 
 import apache_beam as beam
 from apache_beam.portability.api import beam_fn_api_pb2
@@ -133,3 +135,27 @@ def test_a_stage_that_cannot_be_described_still_runs(monkeypatch, caplog, tmp_pa
     assert (tmp_path / "out").read_text().split() == ["a", "b"]
     notes = {r.getMessage() for r in caplog.records if r.name == progress.__name__}
     assert notes == {"Cannot describe a stage of this engine."}
+
+
+def _slow(element, seconds):
+    time.sleep(seconds)
+    return element
+
+
+def test_a_long_stage_says_how_long_it_has_run_at_most_once_per_interval(caplog):
+    """1 s between progress lines, a stage announced after 0.25 s that runs 2.5 s, starting
+    when a progress line would already be due: lines come from 1 s into it, 1 s apart."""
+    caplog.set_level(logging.INFO)
+    with progress.Reporter(seconds=1, announce_after=0.25):
+        time.sleep(1)
+        with beam.Pipeline(runner=fn_runner.FnApiRunner()) as pipeline:
+            _ = pipeline | beam.Create([1]) | beam.Map(_slow, 2.5)
+    lines = [r for r in caplog.records if r.name == progress.__name__]
+    shown = [r.getMessage() for r in lines if not getattr(r, "file_only", False)]
+    assert STAGE.match(shown[0]).group(4) == "started at"
+    assert STAGE.match(shown[-1]).group(4) == "done in"
+    ticks = [int(re.search(r" running for (\d+) s$", m).group(1)) for m in shown[1:-1]]
+    took = float(re.search(r" done in ([\d.]+) s$", shown[-1]).group(1))
+    assert 1 <= len(ticks) <= int(took) and ticks[0] >= 1  # The k-th comes k s in, or later.
+    times = [r.created for r in lines if " running for " in r.getMessage()]
+    assert all(later - earlier >= 0.99 for earlier, later in itertools.pairwise(times))
