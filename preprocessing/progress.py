@@ -170,6 +170,7 @@ class _Stage:
         self.number, self.count, self.steps = number, count, steps
         self.started = time.monotonic()
         self.announced = False
+        self.reads = False  # whether readers report progress (then that is its progress line)
 
     def label(self) -> str:
         return f"Stage {self.number}/{self.count} ({self.steps})"
@@ -273,7 +274,9 @@ class Reporter:
     def _watch(self) -> None:
         """Announces long stages and says, at most every `seconds`, how long one has run.
 
-        The first such line comes `seconds` into the stage, not just after its announcement.
+        The first such line comes `seconds` into the stage, not just after its announcement; a
+        stage whose readers report progress gets theirs instead (ticks taking the shared
+        throttle as it comes due would crowd out the workers' reports, which come at any time).
         """
         while not self._stop.wait(min(1.0, max(self._seconds / 4, 0.05))):
             with self._lock:
@@ -283,7 +286,10 @@ class Reporter:
                 if not stage.announced and self._age(stage) >= self._announce_after:
                     self._announce(stage)
                 elif (
-                    stage.announced and self._age(stage) >= self._seconds and self._throttle.ready()
+                    stage.announced
+                    and not stage.reads
+                    and self._age(stage) >= self._seconds
+                    and self._throttle.ready()
                 ):
                     _LOG.info("%s running for %s", stage.label(), duration(self._age(stage)))
 
@@ -320,6 +326,8 @@ class Reporter:
             return False
         worker, read, total, input_name, seconds = match.groups()
         with self._lock:  # the throttle is shared with the stage watcher's thread
+            if self._stage is not None:
+                self._stage.reads = True  # no "running for" lines to crowd these out
             self._reads.update(int(worker), int(read), int(total), input_name, float(seconds))
         return True
 

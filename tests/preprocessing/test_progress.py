@@ -159,3 +159,25 @@ def test_a_long_stage_says_how_long_it_has_run_at_most_once_per_interval(caplog)
     assert 1 <= len(ticks) <= int(took) and ticks[0] >= 1  # The k-th comes k s in, or later.
     times = [r.created for r in lines if " running for " in r.getMessage()]
     assert all(later - earlier >= 0.99 for earlier, later in itertools.pairwise(times))
+
+
+def _read_slowly(element, reports):
+    """Reports reading 10 bytes every 0.9 s, `reports` times: sparse, as workers' reports are."""
+    meter = progress.ReadMeter("test-job", "corpus.tsv", 10 * reports, 0)
+    for _ in range(reports):
+        time.sleep(0.9)
+        meter.add(10)
+        meter.flush()
+    return element
+
+
+def test_a_reading_stage_shows_read_progress_instead_of_its_running_time(caplog):
+    """Readers' reports come at any time; ticks due as the throttle opens must not starve them."""
+    caplog.set_level(logging.INFO)
+    with progress.Reporter(seconds=1, announce_after=0.25):
+        time.sleep(1)
+        with beam.Pipeline(runner=fn_runner.FnApiRunner()) as pipeline:
+            _ = pipeline | beam.Create([1]) | beam.Map(_read_slowly, 3)
+    shown = _messages(caplog)
+    reads = [m for m in shown if m.startswith("Reading corpus.tsv: ")]
+    assert reads and not [m for m in shown if " running for " in m]
