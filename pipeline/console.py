@@ -11,6 +11,7 @@ Call `start` first thing in an entry point's module, before TensorFlow or Beam i
 - The console shows records at INFO and above from this repository's code and ERROR and above
   from libraries; the log file gets every record, Python warnings included.
 `--verbosity=1` (or `-v 1`) shows everything on the console, as without this module.
+A record logged with `extra=FILE_ONLY` (detail a user rarely needs) goes to the log file only.
 """
 
 import json
@@ -30,6 +31,7 @@ CACHE_LOG_DIR = os.path.join(
     "logs",
 )
 _CONSOLE_FORMAT = "%(asctime)s %(message)s"
+FILE_ONLY = {"file_only": True}
 _FILE_FORMAT = (
     "%(asctime)s %(levelname).1s %(process)d %(name)s %(filename)s:%(lineno)d] %(message)s"
 )
@@ -54,11 +56,18 @@ def verbosity_from(argv: list[str]) -> int:
         return 0  # the entry point's own parser reports the bad value
 
 
+def is_own_code(path: str) -> bool:
+    """Whether the source file `path` is this repository's code (not a library's)."""
+    return path.startswith(_OWN_CODE)
+
+
 class _ConsoleFilter(logging.Filter):
     """INFO and above from this repository's code; ERROR and above from libraries."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.pathname.startswith(_OWN_CODE):
+        if getattr(record, "file_only", False):
+            return False
+        if is_own_code(record.pathname):
             return record.levelno >= logging.INFO
         return record.levelno >= logging.ERROR
 

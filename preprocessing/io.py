@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 from apache_beam.io import fileio, filesystems
 
 from pipeline import paths
-from preprocessing import output_dir, packed, ranges, records
+from preprocessing import output_dir, packed, progress, ranges, records
 
 TFDS_PREFIX = "tfds:"
 READ_COUNTS = "read_counts"
@@ -186,20 +186,27 @@ class ReadTsv(beam.PTransform):
     """Reads one TSV path or glob; a pattern that matches nothing fails the job.
 
     Files are read in parallel, and a large uncompressed file in ranges of `range_bytes` on many
-    workers (`preprocessing.ranges`), every line keeping its number. Outputs (lines, read
-    counts): `records.Line`s, and (input, records read) per file or range.
+    workers (`preprocessing.ranges`), every line keeping its number; each worker logs its read
+    progress at most every `progress_seconds`. Outputs (lines, read counts): `records.Line`s,
+    and (input, records read) per file or range.
     """
 
-    def __init__(self, pattern: str, range_bytes: int = ranges.DEFAULT_RANGE_BYTES):
+    def __init__(
+        self,
+        pattern: str,
+        range_bytes: int = ranges.DEFAULT_RANGE_BYTES,
+        progress_seconds: float = progress.DEFAULT_SECONDS,
+    ):
         super().__init__()
         self._pattern = pattern
         self._range_bytes = range_bytes
+        self._progress_seconds = progress_seconds
 
     def expand(self, pbegin):
         lines, counts = (
             pbegin
             | "Match" >> fileio.MatchFiles(self._pattern, fileio.EmptyMatchTreatment.DISALLOW)
-            | "Lines" >> ranges.ReadLines(self._range_bytes)
+            | "Lines" >> ranges.ReadLines(self._range_bytes, self._pattern, self._progress_seconds)
         )
         return lines | "ToRecords" >> beam.Map(_tsv_line), counts
 
@@ -364,9 +371,9 @@ class ReadTfds(beam.PTransform):
         return outputs.lines, outputs[READ_COUNTS]
 
 
-def _reader(spec: InputSpec, range_bytes: int) -> beam.PTransform:
+def _reader(spec: InputSpec, range_bytes: int, progress_seconds: float) -> beam.PTransform:
     if isinstance(spec, TsvInput):
-        return ReadTsv(spec.pattern, range_bytes)
+        return ReadTsv(spec.pattern, range_bytes, progress_seconds)
     if isinstance(spec, AlignedFilesInput):
         return ReadAlignedFiles(spec)
     return ReadTfds(spec)
@@ -376,17 +383,24 @@ class ReadInputs(beam.PTransform):
     """Reads every input; uncompressed text files larger than `range_bytes` are read in ranges.
 
     Outputs (lines, read counts): one PCollection of `records.Line` spread over the workers, and
-    (input, records read) pairs, several per input when it was read in parts.
+    (input, records read) pairs, several per input when it was read in parts. TSV readers log
+    their progress at most every `progress_seconds`.
     """
 
-    def __init__(self, specs: list[InputSpec], range_bytes: int = ranges.DEFAULT_RANGE_BYTES):
+    def __init__(
+        self,
+        specs: list[InputSpec],
+        range_bytes: int = ranges.DEFAULT_RANGE_BYTES,
+        progress_seconds: float = progress.DEFAULT_SECONDS,
+    ):
         super().__init__()
         self._specs = specs
         self._range_bytes = range_bytes
+        self._progress_seconds = progress_seconds
 
     def expand(self, pbegin):
         outputs = [
-            pbegin | f"Read{index}" >> _reader(spec, self._range_bytes)
+            pbegin | f"Read{index}" >> _reader(spec, self._range_bytes, self._progress_seconds)
             for index, spec in enumerate(self._specs)
         ]
         lines = [lines for lines, _ in outputs] | "Flatten" >> beam.Flatten()

@@ -26,7 +26,15 @@ from apache_beam.options import pipeline_options  # noqa: E402
 
 from pipeline import metadata as metadata_lib  # noqa: E402
 from pipeline import paths, redact  # noqa: E402
-from preprocessing import direct_runner, dry_run, io, output_dir, pipeline_def, vocabulary  # noqa: E402
+from preprocessing import (  # noqa: E402
+    direct_runner,
+    dry_run,
+    io,
+    output_dir,
+    pipeline_def,
+    progress,
+    vocabulary,
+)
 
 _DEFAULTS = pipeline_def.PreprocessConfig(inputs=())
 
@@ -121,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
         "parallel workers (compressed files are read whole).",
     )
     add(
+        "--progress_seconds",
+        type=float,
+        default=_DEFAULTS.progress_seconds,
+        help="Least seconds between two progress lines (console, and each worker's log).",
+    )
+    add(
         "--dry_run",
         action="store_true",
         help="Translate the pipeline for the chosen runner and print it; run nothing.",
@@ -142,6 +156,7 @@ def _config(args: argparse.Namespace) -> pipeline_def.PreprocessConfig:
         test_fraction=args.test_fraction,
         num_shards=args.num_shards,
         input_range_bytes=round(args.input_range_mb * 2**20),
+        progress_seconds=args.progress_seconds,
         vocab=vocabulary.VocabParams(
             size=args.vocab_size,
             shared=args.shared_vocab,
@@ -260,7 +275,7 @@ def run(argv: list[str] | None = None) -> None:
     direct_runner.return_freed_memory()
     direct_runner.hand_over_shuffles_once()
     try:
-        with beam.Pipeline(options=options) as pipeline:
+        with progress.Reporter(config.progress_seconds), beam.Pipeline(options=options) as pipeline:
             pipeline_def.build(pipeline, config, paths.DatasetLayout(staging), settings, start)
     except BaseException:
         output_dir.abandon(staging, args.output_dir)

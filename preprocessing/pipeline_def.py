@@ -22,6 +22,7 @@ from preprocessing import (
     clean,
     encode,
     io,
+    progress,
     ranges,
     records,
     split,
@@ -47,6 +48,8 @@ class PreprocessConfig:
       vocab: How vocabularies are learned.
       input_range_bytes: Uncompressed text inputs larger than this are read in ranges of this
         size by parallel workers.
+      progress_seconds: Least seconds between two progress lines of a worker (and, on the
+        DirectRunner, of the console).
     """
 
     inputs: tuple[io.InputSpec, ...]
@@ -59,6 +62,7 @@ class PreprocessConfig:
     num_shards: int = 0
     vocab: vocabulary.VocabParams = vocabulary.VocabParams()
     input_range_bytes: int = ranges.DEFAULT_RANGE_BYTES
+    progress_seconds: float = progress.DEFAULT_SECONDS
 
     def __post_init__(self):
         split.check_fractions(self.dev_fraction, self.test_fraction)
@@ -67,6 +71,10 @@ class PreprocessConfig:
                 raise ValueError(f"--{name} must not be negative, got {getattr(self, name)}.")
         if self.input_range_bytes < 1:
             raise ValueError("--input_range_mb must be positive.")
+        if self.progress_seconds < 0:
+            raise ValueError(
+                f"--progress_seconds must not be negative, got {self.progress_seconds}."
+            )
         if self.max_length < 1:
             raise ValueError(f"--max_length must be positive, got {self.max_length}.")
         if 0 < self.max_length_ratio < 1:
@@ -137,7 +145,7 @@ def build(
       start_time: `time.time()` when the job started, for 'elapsed_seconds'.
     """
     lines, read_counts = pipeline | "ReadInputs" >> io.ReadInputs(
-        list(config.inputs), config.input_range_bytes
+        list(config.inputs), config.input_range_bytes, config.progress_seconds
     )
     pairs, malformed = lines | "CleanPairs" >> clean.CleanPairs(config.max_chars, config.reverse)
     unique, duplicates = pairs | "DropDuplicates" >> clean.DropDuplicates()

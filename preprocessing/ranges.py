@@ -8,10 +8,13 @@ counts before it. Compressed files cannot be entered in the middle and are read 
 worker: give a large corpus as several compressed files, or uncompressed, to read it in parallel.
 """
 
+import uuid
 from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io import filesystem, filesystems
+
+from preprocessing import progress
 
 DEFAULT_RANGE_BYTES = 64 * 2**20
 _COUNT_CHUNK = 8 * 2**20
@@ -43,11 +46,7 @@ def _open(path: str, whole_file: bool):
 def plan(metadata: filesystem.FileMetadata, range_bytes: int) -> list[Range]:
     """The ranges of one file: one for a small or compressed file, else `range_bytes` each."""
     path, size = metadata.path, metadata.size_in_bytes
-    compressed = (
-        filesystem.CompressionTypes.detect_compression_type(path)
-        != filesystem.CompressionTypes.UNCOMPRESSED
-    )
-    if compressed or size <= range_bytes:
+    if progress.is_compressed(path) or size <= range_bytes:
         return [Range(path, 0, 0, max(size, 1), size)]
     return [
         Range(path, index, start, min(start + range_bytes, size), size)
@@ -101,12 +100,25 @@ def _count(piece: Range):
     return [(_key(piece), count_line_starts(piece))]
 
 
-def _numbered_lines(piece: Range, line_starts: dict):
+def _size(metadata: filesystem.FileMetadata) -> int:
+    return metadata.size_in_bytes
+
+
+def _numbered_lines(piece: Range, line_starts: dict, meter_args: tuple, total_bytes: int):
     lines_before = sum(line_starts[piece.path, index] for index in range(piece.index))
+    job, input_name, seconds = meter_args
+    meter = progress.ReadMeter(job, input_name, total_bytes, seconds)
+    # A compressed file's lines are longer than its bytes on disk: it counts its size once read.
+    by_line = not progress.is_compressed(piece.path)
     count = 0
     for number, line in read_lines(piece, lines_before + 1):
         count += 1
+        if by_line:
+            meter.add(len(line))
         yield piece.path, number, line
+    if not by_line:
+        meter.add(piece.size)
+    meter.flush()
     yield beam.pvalue.TaggedOutput(LINE_COUNTS, (piece.path, count))
 
 
@@ -115,24 +127,36 @@ class ReadLines(beam.PTransform):
 
     Lines are (path, line number, line with its line ending); line counts are (path, lines read)
     per range, as the reader saw them. A large uncompressed file is read in ranges on many
-    workers.
+    workers. Each worker logs how much of the input (`name`, every file it matched) it has read,
+    at most every `progress_seconds` (`progress.ReadMeter`).
     """
 
-    def __init__(self, range_bytes: int):
+    def __init__(
+        self,
+        range_bytes: int,
+        name: str = "the input",
+        progress_seconds: float = progress.DEFAULT_SECONDS,
+    ):
         super().__init__()
         if range_bytes < 1:
             raise ValueError(f"range_bytes must be positive, got {range_bytes}.")
         self._range_bytes = range_bytes
+        # Names this read in the workers' counts (a process may run several jobs, as tests do).
+        self._meter_args = (uuid.uuid4().hex, name, progress_seconds)
 
     def expand(self, files):
         pieces = files | "Plan" >> beam.FlatMap(plan, self._range_bytes)
         line_starts = pieces | "CountLineStarts" >> beam.FlatMap(_count)
+        total_bytes = files | "Sizes" >> beam.Map(_size) | "TotalSize" >> beam.CombineGlobally(sum)
         outputs = (
             pieces
             | "Spread" >> beam.Reshuffle()
             | "Read"
-            >> beam.FlatMap(_numbered_lines, beam.pvalue.AsDict(line_starts)).with_outputs(
-                LINE_COUNTS, main="lines"
-            )
+            >> beam.FlatMap(
+                _numbered_lines,
+                beam.pvalue.AsDict(line_starts),
+                self._meter_args,
+                beam.pvalue.AsSingleton(total_bytes),
+            ).with_outputs(LINE_COUNTS, main="lines")
         )
         return outputs.lines, outputs[LINE_COUNTS]

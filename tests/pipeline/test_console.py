@@ -4,6 +4,7 @@ Each test runs the real entry point in a child process, as a user would, and rea
 console (stderr) and its log file.
 """
 
+import logging
 import os
 import subprocess
 import sys
@@ -88,3 +89,10 @@ def test_importing_an_entry_point_leaves_logging_alone():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=dataset_fixture.REPO
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_file_only_records_stay_off_the_console():
+    record = logging.LogRecord("x", logging.WARNING, console.__file__, 1, "detail", (), None)
+    assert console._ConsoleFilter().filter(record)
+    record.__dict__.update(console.FILE_ONLY)
+    assert not console._ConsoleFilter().filter(record)

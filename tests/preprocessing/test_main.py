@@ -1,6 +1,7 @@
 """The whole job through its entry point: nothing lost, every reason named, output as contracted."""
 
 import glob
+import logging
 import os
 import re
 import shutil
@@ -12,9 +13,9 @@ import tensorflow as tf
 from pipeline import features, paths, text
 from pipeline import metadata as metadata_lib
 from pipeline import vocab as vocab_lib
-from preprocessing import main, pipeline_def, records, write
+from preprocessing import main, pipeline_def, progress, records, write
 from preprocessing import split as split_lib
-from tests.preprocessing import conftest
+from tests.preprocessing import conftest, test_progress
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,13 +31,34 @@ def _argv(corpus, output_dir, *extra):
     ]
 
 
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
 @pytest.fixture(scope="module")
-def dirty_run(dirty_corpus, tmp_path_factory):
-    """The dirty corpus preprocessed once with the default (in-process) DirectRunner."""
+def dirty_run_with_lines(dirty_corpus, tmp_path_factory):
+    """The dirty corpus preprocessed once with the default (in-process) DirectRunner, every
+    progress line let through (0 s between them); also returns the progress lines."""
     output_dir = str(tmp_path_factory.mktemp("dirty_run") / "dataset")
-    main.run(_argv(dirty_corpus, output_dir))
+    lines = _Lines()
+    logging.getLogger(progress.__name__).addHandler(lines)
+    try:
+        main.run(_argv(dirty_corpus, output_dir, "--progress_seconds=0"))
+    finally:
+        logging.getLogger(progress.__name__).removeHandler(lines)
     layout = paths.DatasetLayout(output_dir)
-    return layout, metadata_lib.read_metadata(layout)
+    return layout, metadata_lib.read_metadata(layout), [r.getMessage() for r in lines.records]
+
+
+@pytest.fixture(scope="module")
+def dirty_run(dirty_run_with_lines):
+    layout, metadata, _ = dirty_run_with_lines
+    return layout, metadata
 
 
 def _rejects(layout):
@@ -67,6 +89,28 @@ def test_nothing_is_lost_and_every_reject_has_its_reason_and_origin(dirty_run, d
     assert by_input[dirty_corpus["source"]]["read"] == 12  # 10 pairs, 2 unpaired lines.
     for source, entry in by_input.items():
         assert entry["read"] == entry["written"] + entry["rejected"], source
+
+
+def test_progress_lines_name_each_stage_once_start_then_end_in_order(
+    dirty_run_with_lines, dirty_corpus
+):
+    *_, messages = dirty_run_with_lines
+    messages = [m for m in messages if " running for " not in m]
+    assert len(messages) == len(set(messages)), "every line once"
+    stages = [match.groups() for match in map(test_progress.STAGE.match, messages) if match]
+    count = int(stages[0][1])
+    assert count > 20  # The job's fused stages, each started then done, one after another:
+    assert [(int(number), kind) for number, _, _, kind in stages] == [
+        (number, kind) for number in range(1, count + 1) for kind in ("started at", "done in")
+    ]
+    steps = [steps for _, _, steps, _ in stages]
+    assert "WriteMetadata" in steps[-1]
+    for step in ("ReadInputs", "CleanPairs", "LearnVocabularies", "TokenizePairs", "WriteFiles"):
+        assert any(step in stage for stage in steps), step
+    # The gzip input is read whole, and counted once read; the aligned files are not counted.
+    reads = [m for m in messages if m.startswith("Reading ")]
+    assert reads and all(m.startswith(f"Reading {dirty_corpus['tsv']}: ") for m in reads)
+    assert "(100%)" in reads[-1]
 
 
 def test_output_layout_and_metadata_follow_the_contract(dirty_run):
@@ -204,6 +248,7 @@ def test_a_sink_that_loses_a_record_fails_the_job_without_completed(
         (["--source_input=a.en"], "--source_input has 1 file"),
         (["--input=/nonexistent/*.tsv"], "matches no file"),
         (["--input=x.tsv", "--dev_fraction=0.6", "--test_fraction=0.5"], "leaves nothing"),
+        (["--input=x.tsv", "--progress_seconds=-1"], "--progress_seconds must not be negative"),
     ],
 )
 def test_bad_flags_exit_with_a_message(argv, message, tmp_path, capsys):
@@ -272,17 +317,24 @@ def test_dry_run_translates_for_dataflow_and_ships_the_package(tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_multi_processing_gives_the_same_dataset(dirty_run, dirty_corpus, tmp_path):
+def test_multi_processing_gives_the_same_dataset(dirty_run, dirty_corpus, tmp_path, caplog):
+    """Every progress line on (0 s between them) changes nothing in the output, and a worker
+    process' warning reaches this process' log once, as a plain line."""
     layout, metadata = dirty_run
     output_dir = str(tmp_path / "multi")
+    caplog.set_level(logging.INFO)
     main.run(
         _argv(
             dirty_corpus,
             output_dir,
             "--direct_running_mode=multi_processing",
             "--direct_num_workers=2",
+            "--progress_seconds=0",
         )
     )
+    # Once: not also as Beam's "Worker: <LogEntry>" record, which holds the same text.
+    mismatch = [r for r in caplog.records if "have different line counts" in r.getMessage()]
+    assert [(r.name, r.levelname) for r in mismatch] == [(progress.__name__, "WARNING")]
     multi_layout = paths.DatasetLayout(output_dir)
     multi = metadata_lib.read_metadata(multi_layout)
     for key in ("counts", "vocab", "length_histograms", "input", "num_shards"):
@@ -297,7 +349,7 @@ def test_multi_processing_gives_the_same_dataset(dirty_run, dirty_corpus, tmp_pa
 
 
 @pytest.mark.slow
-def test_two_workers_reading_forced_ranges_account_for_every_line(tmp_path):
+def test_two_workers_reading_forced_ranges_account_for_every_line(tmp_path, caplog):
     """1,000 pairs with dirty lines, read in ~3 KB ranges by two worker processes: every line
     is in a shard (by its text) or in the rejects file (by its number), once."""
     lines = [f"{s}\t{t}".encode() for s, t in conftest.clean_pairs(1000)]
@@ -306,6 +358,7 @@ def test_two_workers_reading_forced_ranges_account_for_every_line(tmp_path):
     corpus = tmp_path / "corpus.tsv"
     corpus.write_bytes(b"".join(line + b"\n" for line in lines))
     output_dir = str(tmp_path / "out")
+    caplog.set_level(logging.INFO)
     main.run(
         [
             f"--input={corpus}",
@@ -314,8 +367,12 @@ def test_two_workers_reading_forced_ranges_account_for_every_line(tmp_path):
             "--input_range_mb=0.003",
             "--direct_running_mode=multi_processing",
             "--direct_num_workers=2",
+            "--progress_seconds=0",
         ]
     )
+    # The worker processes' read counts reach this process and add up to the whole file.
+    reads = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Reading ")]
+    assert reads and reads[-1].startswith(f"Reading {corpus}: ") and "(100%)" in reads[-1]
     layout = paths.DatasetLayout(output_dir)
     metadata = metadata_lib.read_metadata(layout)
     assert metadata["counts"]["read"] == len(lines)

@@ -1,0 +1,362 @@
+"""What the job says while it runs: a line as each long stage starts and ends, read progress.
+
+Beam leaves a launcher little to watch on the DirectRunner: its engine (FnApiRunner, Beam 2.77)
+runs the whole pipeline inside `Pipeline.run`, so the result, and with it the metrics, exists only
+once the job is over, and the engine's own stage logs are debug lines naming fused stages by
+internal ids. So the job reports from both sides:
+
+- Workers (every runner): the readers count the bytes they read (`ReadMeter`) and log, at most
+  every `seconds` per worker, how much of the input they have read and in how long. On Dataflow,
+  Flink or Spark these lines are in the workers' logs.
+- The launching process (DirectRunner): `Reporter` times each fused stage the engine runs (it
+  wraps `FnApiRunner._execute_bundle`, a private method: with another Beam it says so in the log
+  and reports nothing), puts one line on the console as a long stage starts and ends and one
+  while it runs, and turns the readers' lines into one line for the whole input with an ETA.
+  Worker processes (`--direct_running_mode=multi_processing`) send their log records to this
+  process, where Beam logs each one as a `Worker: <LogEntry>` line; the reporter passes on those
+  from this project's code (read progress, warnings) as plain lines, once.
+
+Every stage, short ones too, is in the log file; the console gets at most one progress line per
+`seconds`. Nothing here can fail the job: a report that cannot be made is left out.
+"""
+
+import contextlib
+import logging
+import os
+import re
+import threading
+import time
+
+from apache_beam.io import filesystem
+from apache_beam.portability.api import beam_fn_api_pb2
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+from google.protobuf import text_format
+
+from pipeline import console
+
+# The engine's logger for log records sent by worker processes (Beam 2.77).
+WORKER_LOG_RELAY = "apache_beam.runners.portability.local_job_service"
+_WORKER_PREFIX = "Worker: "
+_READ_FORMAT = "Read progress: worker %d has read %d of %d bytes of %s in %.1f s."
+_READ_PATTERN = re.compile(
+    r"Read progress: worker (\d+) has read (\d+) of (\d+) bytes of (.+) in ([\d.]+) s\.$"
+)
+# Least seconds between two progress lines, by default (`--progress_seconds`).
+DEFAULT_SECONDS = 30.0
+# Stages shorter than this are in the log file only.
+ANNOUNCE_AFTER_SECONDS = 5.0
+_LOG = logging.getLogger(__name__)
+
+
+class Throttle:
+    """Says yes at most once per `seconds` (the first time `seconds` after it is made)."""
+
+    def __init__(self, seconds: float, clock=time.monotonic):
+        self._seconds = seconds
+        self._clock = clock
+        self._last = clock()
+
+    def ready(self) -> bool:
+        now = self._clock()
+        if now - self._last < self._seconds:
+            return False
+        self._last = now
+        return True
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '12 min 5 s' or '2 h 3 min': short enough for a progress line."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def size(nbytes: float) -> str:
+    """'512 B', '12 kB', '12.5 MB', '3.1 GB'."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes / 2**10:.0f} kB" if nbytes >= 2**10 else f"{nbytes:.0f} B"
+
+
+def is_compressed(path: str) -> bool:
+    """Whether Beam decompresses `path` by its extension (then it is read whole)."""
+    return (
+        filesystem.CompressionTypes.detect_compression_type(path)
+        != filesystem.CompressionTypes.UNCOMPRESSED
+    )
+
+
+class _WorkerReads:
+    """What this process has read of one input in one job, summed over its readers."""
+
+    def __init__(self, seconds: float):
+        self.bytes = 0
+        self.started = time.monotonic()
+        self.throttle = Throttle(seconds)
+
+
+_reads: dict[tuple[str, str], _WorkerReads] = {}
+_reads_lock = threading.Lock()
+
+
+class ReadMeter:
+    """Counts the bytes one reader reads; logs its worker's total at most every `seconds`.
+
+    A worker reads many ranges and files of an input, one after another or in threads; their
+    counts add up per process (and per job, named by `job`, as tests run jobs in one process).
+    A compressed file counts its size on disk once read, as its total does.
+    """
+
+    _FLUSH_EVERY = 1024  # lines: the count is shared under a lock, so not every line
+
+    def __init__(self, job: str, input_name: str, total_bytes: int, seconds: float):
+        self._input = input_name
+        self._total = total_bytes
+        with _reads_lock:
+            self._reads = _reads.setdefault((job, input_name), _WorkerReads(seconds))
+        self._pending = 0
+        self._lines = 0
+
+    def add(self, nbytes: int) -> None:
+        self._pending += nbytes
+        self._lines += 1
+        if self._lines % self._FLUSH_EVERY == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        with _reads_lock:
+            reads = self._reads
+            reads.bytes += self._pending
+            self._pending = 0
+            if not reads.throttle.ready():
+                return
+            read, seconds = reads.bytes, time.monotonic() - reads.started
+        _LOG.info(_READ_FORMAT, os.getpid(), read, self._total, self._input, seconds)
+
+
+class _ReadProgress:
+    """The readers' per-worker counts -> one line per input: read, of what, time left."""
+
+    def __init__(self, throttle: Throttle):
+        self._throttle = throttle
+        self._workers: dict[str, dict[int, tuple[int, float]]] = {}
+        self._totals: dict[str, int] = {}
+
+    def update(self, worker: int, read: int, total: int, input_name: str, seconds: float):
+        workers = self._workers.setdefault(input_name, {})
+        workers[worker] = (read, seconds)
+        self._totals[input_name] = total
+        if not self._throttle.ready():
+            return
+        read = sum(done for done, _ in workers.values())
+        rate = sum(done / took for done, took in workers.values() if took > 0)
+        left = f", about {duration((total - read) / rate)} left" if rate and read < total else ""
+        _LOG.info(
+            "Reading %s: %s of %s (%.0f%%)%s",
+            input_name,
+            size(read),
+            size(total),
+            100.0 * read / max(total, 1),
+            left,
+        )
+
+
+class _Stage:
+    def __init__(self, number: int, count: int, steps: str):
+        self.number, self.count, self.steps = number, count, steps
+        self.started = time.monotonic()
+        self.announced = False
+        self.reads = False  # whether readers report progress (then that is its progress line)
+
+    def label(self) -> str:
+        return f"Stage {self.number}/{self.count} ({self.steps})"
+
+
+def stage_steps(stage, most: int = 3) -> str:
+    """The job's top-level steps a fused stage runs, e.g. 'CleanPairs, DropDuplicates'.
+
+    The first `most` in the engine's order (the one the stage reads from first), then how many
+    more: a fused stage can hold a dozen, most of them small counts.
+    """
+    steps = []
+    for transform in stage.transforms:
+        step = transform.unique_name.split("/")[0]
+        if step and not step.startswith("ref_") and step not in steps:
+            steps.append(step)
+    if len(steps) > most:
+        return f"{', '.join(steps[:most])} and {len(steps) - most} more"
+    return ", ".join(steps) or stage.name
+
+
+class Reporter:
+    """Reports the stages the DirectRunner's engine runs and the readers' progress.
+
+    Use as a context manager around the pipeline's run, in the launching process. Stages that
+    run `announce_after` seconds or more get a console line as they start (once they have run
+    that long), one at most every `seconds` while they run, and one as they end; every stage is
+    in the log file.
+    """
+
+    def __init__(self, seconds: float, announce_after: float = ANNOUNCE_AFTER_SECONDS):
+        self._seconds = seconds
+        self._announce_after = min(announce_after, seconds)
+        self._throttle = Throttle(seconds)
+        self._reads = _ReadProgress(self._throttle)
+        self._lock = threading.RLock()  # held while logging, and the filter takes it too
+        self._stage: _Stage | None = None
+        self._numbers: dict[str, int] = {}
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self._exit = contextlib.ExitStack()
+        self._exit.enter_context(_wrapped_execute_bundle(self._run_stage))
+        for logger in (logging.getLogger(WORKER_LOG_RELAY), _LOG):
+            logger.addFilter(self._filter)
+            self._exit.callback(logger.removeFilter, self._filter)
+        relay = logging.getLogger(WORKER_LOG_RELAY)
+        level = relay.level
+        relay.setLevel(logging.INFO)  # the workers' INFO records reach the filter
+        self._exit.callback(relay.setLevel, level)
+        watch = threading.Thread(target=self._watch, name="stage-progress", daemon=True)
+        watch.start()
+        self._exit.callback(watch.join)
+        self._exit.callback(self._stop.set)
+        return self
+
+    def __exit__(self, *exc_info):
+        self._exit.close()
+
+    def _run_stage(self, execute, runner, context, bundle_context, bundle_input):
+        stage = self._begin(context, bundle_context.stage)
+        try:
+            return execute(runner, context, bundle_context, bundle_input)
+        finally:
+            if stage is not None:
+                self._finish()
+
+    def _begin(self, context, stage) -> _Stage | None:
+        """The stage's report, begun; None if this engine's stage cannot be described."""
+        try:
+            number = self._numbers.setdefault(stage.name, len(self._numbers) + 1)
+            with self._lock:
+                self._stage = _Stage(number, len(context.stages), stage_steps(stage))
+                if self._announce_after <= 0:
+                    self._announce(self._stage)
+                return self._stage
+        except Exception:  # noqa: BLE001  (the stage runs whether or not it is reported)
+            _LOG.info(
+                "Cannot describe a stage of this engine.", exc_info=True, extra=console.FILE_ONLY
+            )
+            return None
+
+    def _finish(self) -> None:
+        with self._lock:
+            self._end(self._stage)
+            self._stage = None
+
+    def _announce(self, stage: _Stage) -> None:
+        stage.announced = True
+        started = time.strftime("%H:%M:%S", time.localtime(time.time() - self._age(stage)))
+        _LOG.info("%s started at %s", stage.label(), started)
+
+    def _end(self, stage: _Stage) -> None:
+        extra = None if stage.announced else console.FILE_ONLY
+        _LOG.info("%s done in %.1f s", stage.label(), self._age(stage), extra=extra)
+
+    @staticmethod
+    def _age(stage: _Stage) -> float:
+        return time.monotonic() - stage.started
+
+    def _watch(self) -> None:
+        """Announces long stages and says, at most every `seconds`, how long one has run.
+
+        The first such line comes `seconds` into the stage, not just after its announcement; a
+        stage whose readers report progress gets theirs instead (ticks taking the shared
+        throttle as it comes due would crowd out the workers' reports, which come at any time).
+        """
+        while not self._stop.wait(min(1.0, max(self._seconds / 4, 0.05))):
+            with self._lock:
+                stage = self._stage
+                if stage is None:
+                    continue
+                if not stage.announced and self._age(stage) >= self._announce_after:
+                    self._announce(stage)
+                elif (
+                    stage.announced
+                    and not stage.reads
+                    and self._age(stage) >= self._seconds
+                    and self._throttle.ready()
+                ):
+                    _LOG.info("%s running for %s", stage.label(), duration(self._age(stage)))
+
+    def _filter(self, record: logging.LogRecord) -> bool:
+        """Takes in read progress; passes on this project's worker records as plain lines."""
+        try:
+            if record.name == WORKER_LOG_RELAY:
+                return self._relay(record)
+            return not self._took_read_progress(record.getMessage())
+        except Exception:  # noqa: BLE001  (a report that cannot be made is left out)
+            return True
+
+    def _relay(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith(_WORKER_PREFIX):
+            return True
+        entry = _parse_log_entry(message[len(_WORKER_PREFIX) :])
+        path, _, line = entry.log_location.rpartition(":") if entry else ("", "", "")
+        if entry is None or not console.is_own_code(path):
+            # What Beam itself logged before: the workers' warnings and errors, to the log file.
+            return record.levelno >= logging.WARNING
+        if not self._took_read_progress(entry.message):
+            # As if logged here, where it was written (the log file names that file and line).
+            text = f"{entry.message}\n{entry.trace}" if entry.trace else entry.message
+            own = logging.LogRecord(
+                _LOG.name, record.levelno, path, int(line or 0), text, None, None
+            )
+            _LOG.handle(own)
+        return False
+
+    def _took_read_progress(self, message: str) -> bool:
+        match = _READ_PATTERN.match(message)
+        if not match:
+            return False
+        worker, read, total, input_name, seconds = match.groups()
+        with self._lock:  # the throttle is shared with the stage watcher's thread
+            if self._stage is not None:
+                self._stage.reads = True  # no "running for" lines to crowd these out
+            self._reads.update(int(worker), int(read), int(total), input_name, float(seconds))
+        return True
+
+
+def _parse_log_entry(text: str):
+    """The `LogEntry` Beam's engine printed (one line of protobuf text), or None."""
+    try:
+        return text_format.Parse(text, beam_fn_api_pb2.LogEntry())
+    except text_format.ParseError:
+        return None
+
+
+@contextlib.contextmanager
+def _wrapped_execute_bundle(run_stage):
+    """Routes the DirectRunner engine's stage runs through `run_stage` while open."""
+    execute = getattr(fn_runner.FnApiRunner, "_execute_bundle", None)
+    if execute is None:
+        _LOG.info(
+            "This Beam's FnApiRunner has no _execute_bundle (Beam 2.77 has): no stage lines.",
+            extra=console.FILE_ONLY,
+        )
+        yield
+        return
+
+    def execute_bundle(runner, context, bundle_context, bundle_input):
+        return run_stage(execute, runner, context, bundle_context, bundle_input)
+
+    fn_runner.FnApiRunner._execute_bundle = execute_bundle
+    try:
+        yield
+    finally:
+        fn_runner.FnApiRunner._execute_bundle = execute
