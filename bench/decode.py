@@ -5,9 +5,10 @@ Set-up, cached under --work (each step is skipped when its output exists):
    the default 2.8% gives ~980), preprocessed by the project's Beam job.
 2. Our reference model trained on its train split for --steps (model-Nsteps/).
 3. OpenNMT-tf 2.32 (its own venv, see bench/opennmt_reference/README.md) trained on the same
-   train pairs for the same --steps, batch and training recipe, with SentencePiece 8k per side:
-   equal steps of one architecture and recipe give checkpoints of comparable quality, which the
-   BLEU column shows (a weak model decodes slower: it runs on to the maximum length).
+   train pairs for the same --steps, batch and training recipe, tokenized with the dataset's
+   SentencePiece models: equal steps of one architecture and recipe give checkpoints of
+   comparable quality, which the BLEU column shows (a weak model decodes slower: it runs on to
+   the maximum length).
 Then both decode the same test sources in the same run, in length-sorted batches of
 --batch_size, with the same beam width, length penalty (0.6) and maximum length (80):
 - ours: the live model under `tf.function` (fused greedy and beam search, and TFA's beam search
@@ -266,20 +267,27 @@ def write_texts(work: str, data_dir: str, sources: list[str], references: list[s
     return text_dir
 
 
-def run_opennmt(args, text_dir: str, limit: int) -> dict:
-    """Trains (cached) and times OpenNMT-tf in its own venv; {variant: (seconds, hypotheses)}."""
+def run_opennmt(args, data_dir: str, text_dir: str, limit: int) -> dict:
+    """Trains (cached) and times OpenNMT-tf in its own venv; {variant: (seconds, hypotheses)}.
+
+    It tokenizes with our dataset's SentencePiece models: the same pieces in and out on both
+    sides, so pieces/s compare like with like and no piece is unknown to one side only.
+    """
     python = os.path.join(args.onmt_venv, "bin", "python")
     if not os.path.exists(python):
         raise SystemExit(
             f"No OpenNMT-tf venv at {python}: create it as bench/opennmt_reference/README.md "
             "says, or pass --onmt_venv (or --skip_opennmt)."
         )
+    layout = paths.DatasetLayout(data_dir)
     with tempfile.TemporaryDirectory(prefix="bench-decode-onmt-") as out:
         result_path = os.path.join(out, "results.json")
         common.run_step(
             "OpenNMT-tf: set-up (cached) and decoding",
             [python, os.path.join(ONMT_DIR, "decode.py"), f"--work={args.onmt_work}"]
             + [f"--train_tsv={os.path.join(text_dir, 'train.tsv')}"]
+            + [f"--source_sentencepiece={layout.vocabulary('source')}"]
+            + [f"--target_sentencepiece={layout.vocabulary('target')}"]
             + [f"--sources={os.path.join(text_dir, 'test.en')}", f"--limit={limit}"]
             + [f"--steps={args.steps}", f"--batch_size={args.batch_size}"]
             + [f"--beam_width={BEAM_WIDTH}", f"--output={result_path}"],
@@ -356,7 +364,7 @@ def main():
     for mode, result in variants.items():
         measured[("ours", "saved_model", mode)] = result
     if not args.skip_opennmt:
-        for name, result in run_opennmt(args, text_dir, len(sources)).items():
+        for name, result in run_opennmt(args, data_dir, text_dir, len(sources)).items():
             model, mode = name.split("/")
             measured[("opennmt-tf", model, mode)] = result
     rows = _rows(measured, references, trainer.target_tokenizer)
