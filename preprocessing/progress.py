@@ -27,7 +27,6 @@ import re
 import threading
 import time
 
-from apache_beam.io import filesystem
 from apache_beam.portability.api import beam_fn_api_pb2
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from google.protobuf import text_format
@@ -80,14 +79,6 @@ def size(nbytes: float) -> str:
         if nbytes >= scale:
             return f"{nbytes / scale:.1f} {unit}"
     return f"{nbytes / 2**10:.0f} kB" if nbytes >= 2**10 else f"{nbytes:.0f} B"
-
-
-def is_compressed(path: str) -> bool:
-    """Whether Beam decompresses `path` by its extension (then it is read whole)."""
-    return (
-        filesystem.CompressionTypes.detect_compression_type(path)
-        != filesystem.CompressionTypes.UNCOMPRESSED
-    )
 
 
 class _WorkerReads:

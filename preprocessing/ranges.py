@@ -43,10 +43,18 @@ def _open(path: str, whole_file: bool):
     return filesystems.FileSystems.open(path, compression_type=compression)
 
 
+def is_compressed(path: str) -> bool:
+    """Whether Beam decompresses `path` by its extension (then it is read whole)."""
+    return (
+        filesystem.CompressionTypes.detect_compression_type(path)
+        != filesystem.CompressionTypes.UNCOMPRESSED
+    )
+
+
 def plan(metadata: filesystem.FileMetadata, range_bytes: int) -> list[Range]:
     """The ranges of one file: one for a small or compressed file, else `range_bytes` each."""
     path, size = metadata.path, metadata.size_in_bytes
-    if progress.is_compressed(path) or size <= range_bytes:
+    if is_compressed(path) or size <= range_bytes:
         return [Range(path, 0, 0, max(size, 1), size)]
     return [
         Range(path, index, start, min(start + range_bytes, size), size)
@@ -109,7 +117,7 @@ def _numbered_lines(piece: Range, line_starts: dict, meter_args: tuple, total_by
     job, input_name, seconds = meter_args
     meter = progress.ReadMeter(job, input_name, total_bytes, seconds)
     # A compressed file's lines are longer than its bytes on disk: it counts its size once read.
-    by_line = not progress.is_compressed(piece.path)
+    by_line = not is_compressed(piece.path)
     count = 0
     for number, line in read_lines(piece, lines_before + 1):
         count += 1
