@@ -196,7 +196,10 @@ class Seq2Seq(tf.keras.Model):
         """
         if decoder_step.supports(self.cfg) and not alignment_history:
             max_length = max_length or self.cfg.max_decode_length
-            return (*beam_search.greedy_decode(self, source_ids, source_lengths, max_length), None)
+            ids, lengths, _ = beam_search.greedy_decode(
+                self, source_ids, source_lengths, max_length
+            )
+            return ids, lengths, None
         initial_state = self._encode_for_decoding(source_ids, source_lengths, 1, alignment_history)
         batch = tf.shape(source_ids)[0]
         decoder = tfa_lib.BasicDecoder(
@@ -224,7 +227,11 @@ class Seq2Seq(tf.keras.Model):
     ):
         """Beam search: (ids [B, beam, T], scores [B, beam], lengths [B, beam]), best first.
 
-        Runs `beam_search.beam_search` where `decoder_step` covers the model, else TFA's.
+        Runs `beam_search.beam_search` where `decoder_step` covers the model, else TFA's. A
+        width of 1 is greedy search there, as in OpenNMT-tf: the argmax at every step, scored
+        as a beam would be (log-probability over the length penalty). Beam search of width 1
+        differs from it only where the length penalty makes EOS lose to a less likely token;
+        with a coverage penalty width 1 stays beam search, whose score needs the attention.
         """
         cfg = self.cfg
         beam_width = beam_width or cfg.beam_width
@@ -232,6 +239,12 @@ class Seq2Seq(tf.keras.Model):
         coverage_penalty = cfg.coverage_penalty if coverage_penalty is None else coverage_penalty
         max_length = max_length or cfg.max_decode_length
         options = (beam_width, length_penalty, coverage_penalty, max_length)
+        if decoder_step.supports(cfg) and beam_width == 1 and not coverage_penalty:
+            ids, lengths, log_probs = beam_search.greedy_decode(
+                self, source_ids, source_lengths, max_length, log_probs=True
+            )
+            scores = log_probs / beam_search.length_penalty(lengths, length_penalty)
+            return ids[:, None], scores[:, None], lengths[:, None]
         if decoder_step.supports(cfg):
             return beam_search.beam_search(self, source_ids, source_lengths, *options)
         return self.tfa_beam_search(source_ids, source_lengths, *options)

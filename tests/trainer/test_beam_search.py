@@ -185,6 +185,34 @@ def test_greedy_equals_tfa_greedy(lively):
     assert np.all(ids.numpy()[after] == vocab_lib.EOS_ID)
 
 
+def test_width_one_is_greedy_scored_by_its_log_probability(lively):
+    seq2seq, source_ids, source_lengths = lively
+    ids, scores, lengths = seq2seq.beam_search(source_ids, source_lengths, 1, 0.6, 0.0, MAX_LENGTH)
+    greedy_ids, greedy_lengths, _ = seq2seq.greedy_decode(source_ids, source_lengths, MAX_LENGTH)
+    np.testing.assert_array_equal(ids[:, 0], greedy_ids)
+    np.testing.assert_array_equal(lengths[:, 0], greedy_lengths)
+    ended = ids.numpy()[np.arange(24), 0, lengths.numpy()[:, 0] - 1] == vocab_lib.EOS_ID
+    assert ended.any() and not ended.all(), "some sentences must run to the maximum length"
+    # With no length penalty the teacher-forced score is the summed log-probability.
+    log_probs = _teacher_forced_scores(seq2seq, source_ids, source_lengths, ids, lengths, 0, 0)
+    penalty = ((5.0 + lengths.numpy()) / 6.0) ** 0.6
+    np.testing.assert_allclose(scores * penalty, log_probs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_top_k_by_groups_equals_tensorflows_ties_included(k):
+    assert beam_search._group_count(8000, k) == 64
+    assert beam_search._group_count(100, k) == 0  # short rows: TensorFlow's own
+    rng = np.random.default_rng(k)
+    # Few distinct values, so that rows hold many equal logits, also across groups.
+    logits = tf.constant(rng.integers(0, 40, (37, 8000)).astype(np.float32))
+    logits = tf.concat([logits, tf.fill([1, 8000], 3.0)], axis=0)  # a row of one value
+    values, indices = beam_search.top_k(logits, k)
+    expected_values, expected_indices = tf.math.top_k(logits, k)
+    np.testing.assert_array_equal(values, expected_values)
+    np.testing.assert_array_equal(indices, expected_indices)
+
+
 def test_graph_mode_with_unknown_shapes_matches_eager(lively):
     seq2seq, source_ids, source_lengths = lively
     specs = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)]
@@ -195,7 +223,7 @@ def test_graph_mode_with_unknown_shapes_matches_eager(lively):
 
     @tf.function(input_signature=specs)
     def greedy(ids, lengths):
-        return seq2seq.greedy_decode(ids, lengths, MAX_LENGTH)[:2]
+        return beam_search.greedy_decode(seq2seq, ids, lengths, MAX_LENGTH, log_probs=True)
 
     for graph, eager in (
         (
@@ -204,7 +232,9 @@ def test_graph_mode_with_unknown_shapes_matches_eager(lively):
         ),
         (
             greedy(source_ids, source_lengths),
-            beam_search.greedy_decode(seq2seq, source_ids, source_lengths, MAX_LENGTH),
+            beam_search.greedy_decode(
+                seq2seq, source_ids, source_lengths, MAX_LENGTH, log_probs=True
+            ),
         ),
     ):
         for g, e in zip(graph, eager, strict=True):

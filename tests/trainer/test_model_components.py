@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import vocab as vocab_lib
-from trainer import layers, model, tfa_lib
+from trainer import beam_search, layers, model, tfa_lib
 
 SOURCE_VOCAB, TARGET_VOCAB = 20, 24
 
@@ -354,8 +354,9 @@ def test_beam_of_one_equals_greedy_decoding():
             break
     else:
         pytest.fail("no EOS bias gave sentences of different lengths")
-    beam_ids, _, beam_lengths = seq2seq.beam_search(
-        source, source_lengths, beam_width=1, length_penalty=0.0, coverage_penalty=0.0, max_length=8
+    # The search itself: `Seq2Seq.beam_search` of width 1 runs greedy search.
+    beam_ids, _, beam_lengths = beam_search.beam_search(
+        seq2seq, source, source_lengths, 1, 0.0, 0.0, 8
     )
     np.testing.assert_array_equal(beam_lengths[:, 0], greedy_lengths)
     for row, length in enumerate(greedy_lengths.numpy()):
