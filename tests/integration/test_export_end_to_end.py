@@ -18,7 +18,7 @@ import yaml
 
 from pipeline import config as config_lib
 from pipeline import paths, text
-from trainer import data, evaluation, train_loop
+from trainer import data, evaluation, export, train_loop
 
 pytestmark = pytest.mark.slow
 
@@ -76,16 +76,21 @@ def _in_process(trainer, sentences, decode_options):
     }
 
 
+def _best_trainer(run_dir):
+    with open(paths.RunLayout(run_dir).config) as f:
+        cfg = config_lib.from_dict(yaml.safe_load(f))
+    trainer = train_loop.Trainer(cfg, run_dir, tf.distribute.get_strategy())
+    assert trainer.restore_best(), "the run kept no best checkpoint"
+    return trainer
+
+
 def test_fresh_process_translates_like_in_process_beam_search_of_the_checkpoint(run_dir, tmp_path):
     layout = paths.RunLayout(run_dir)
     with open(os.path.join(layout.export, "export_info.json")) as f:
         info = json.load(f)
     served = _served(layout.export, SENTENCES, cwd=tmp_path)
 
-    with open(layout.config) as f:
-        cfg = config_lib.from_dict(yaml.safe_load(f))
-    trainer = train_loop.Trainer(cfg, run_dir, tf.distribute.get_strategy())
-    assert trainer.restore_best(), "the run kept no best checkpoint"
+    trainer = _best_trainer(run_dir)
     assert trainer.step == info["step"], "the export is not the best checkpoint"
     live = _in_process(trainer, SENTENCES, info["decode_options"])
 
@@ -93,4 +98,23 @@ def test_fresh_process_translates_like_in_process_beam_search_of_the_checkpoint(
     assert served["nbest"] == live["nbest"]
     np.testing.assert_allclose(served["scores"], live["scores"], rtol=1e-5, atol=1e-5)
     # Scores depend on the input: the comparison is not between constant outputs.
+    assert len(set(np.round(live["scores"], 4))) == len(SENTENCES)
+
+
+def test_a_width_one_export_serves_greedy_search(run_dir, tmp_path):
+    """Width 1 exports the greedy loop (not beam search): a fresh process gives the live model's
+    greedy translations and scores."""
+    trainer = _best_trainer(run_dir)
+    export_dir = export.export_saved_model(
+        trainer, str(tmp_path / "greedy"), beam_width=1, coverage_penalty=0.0
+    )
+    with open(os.path.join(export_dir, "export_info.json")) as f:
+        options = json.load(f)["decode_options"]
+    assert options["beam_width"] == 1 and options["length_penalty"] > 0
+    served = _served(export_dir, SENTENCES, cwd=tmp_path)
+    live = _in_process(trainer, SENTENCES, options)
+
+    assert served["translations"] == live["translations"]
+    assert [len(row) for row in served["nbest"]] == [1] * len(SENTENCES)
+    np.testing.assert_allclose(served["scores"], live["scores"], rtol=1e-5, atol=1e-5)
     assert len(set(np.round(live["scores"], 4))) == len(SENTENCES)
