@@ -159,7 +159,8 @@ def test_tfa_fallback_decoding_traces_without_autograph(small_dataset, tmp_path)
 def test_long_decodes_log_the_time_left_every_interval_but_not_at_the_end(caplog):
     now = [0.0]
     progress = evaluation._Progress("dev", 100, clock=lambda: now[0])
-    caplog.set_level(logging.INFO)
+    # On absl's own logger: code run earlier in the session (an export) may leave it at WARNING.
+    caplog.set_level(logging.INFO, logger="absl")
     for batch in range(1, 11):  # Ten batches of 10 sentences, one every 15 s.
         now[0] = 15.0 * batch
         progress.done(10)

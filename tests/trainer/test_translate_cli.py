@@ -158,7 +158,8 @@ def test_export_runs_the_fused_beam_search_with_core_ops_only(export_dir):
 def test_long_inputs_log_the_time_left_every_interval_and_always_the_last_batch(caplog):
     now = [0.0]
     progress = serving._Progress(100, every=10, clock=lambda: now[0])
-    caplog.set_level(logging.INFO)
+    # On absl's own logger: code run earlier in the session (an export) may leave it at WARNING.
+    caplog.set_level(logging.INFO, logger="absl")
     for batch in range(1, 11):  # Ten batches of 10 sentences, one every 3 s.
         now[0] = 3.0 * batch
         progress.update(10)
