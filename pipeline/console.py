@@ -12,6 +12,10 @@ Call `start` first thing in an entry point's module, before TensorFlow or Beam i
   from libraries; the log file gets every record, Python warnings included.
 `--verbosity=1` (or `-v 1`) shows everything on the console, as without this module.
 A record logged with `extra=FILE_ONLY` (detail a user rarely needs) goes to the log file only.
+
+Progress lines (the Beam job's reads and stages, decoding in evaluation and in the serving tools)
+share `Throttle`, which spaces them, and `duration` / `time_left`, which keep their times in one
+style.
 """
 
 import json
@@ -208,3 +212,39 @@ def _silence_absl_handler() -> None:
     handler = absl_logging.get_absl_handler()
     handler.python_handler.addFilter(lambda record: False)
     logging.getLogger().addHandler(handler)
+
+
+class Throttle:
+    """Says yes at most once per `seconds`; the first yes comes `seconds` after it is made.
+
+    A progress logger asks on every unit of work (a batch, a read) and logs when told yes, so
+    fast and slow work alike print a line about every `seconds`. Not thread-safe: callers that
+    share one across threads hold their own lock.
+    """
+
+    def __init__(self, seconds: float, clock=time.monotonic):
+        self._seconds = seconds
+        self._clock = clock  # monotonic: a wall-clock jump must not stall or flood the lines
+        self._last = clock()
+
+    def ready(self) -> bool:
+        now = self._clock()
+        if now - self._last < self._seconds:
+            return False
+        self._last = now
+        return True
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '12 min 5 s' or '26 h 3 min': short enough for a progress line."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def time_left(remaining: float, rate: float) -> str:
+    """'about 1 min 30 s left': `remaining` units of work at `rate` units a second (rate > 0)."""
+    return f"about {duration(remaining / rate)} left"

@@ -47,32 +47,6 @@ ANNOUNCE_AFTER_SECONDS = 5.0
 _LOG = logging.getLogger(__name__)
 
 
-class Throttle:
-    """Says yes at most once per `seconds` (the first time `seconds` after it is made)."""
-
-    def __init__(self, seconds: float, clock=time.monotonic):
-        self._seconds = seconds
-        self._clock = clock
-        self._last = clock()
-
-    def ready(self) -> bool:
-        now = self._clock()
-        if now - self._last < self._seconds:
-            return False
-        self._last = now
-        return True
-
-
-def duration(seconds: float) -> str:
-    """'45 s', '12 min 5 s' or '2 h 3 min': short enough for a progress line."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-
-
 def size(nbytes: float) -> str:
     """'512 B', '12 kB', '12.5 MB', '3.1 GB'."""
     for unit, scale in (("GB", 2**30), ("MB", 2**20)):
@@ -87,7 +61,7 @@ class _WorkerReads:
     def __init__(self, seconds: float):
         self.bytes = 0
         self.started = time.monotonic()
-        self.throttle = Throttle(seconds)
+        self.throttle = console.Throttle(seconds)
 
 
 _reads: dict[tuple[str, str], _WorkerReads] = {}
@@ -132,7 +106,7 @@ class ReadMeter:
 class _ReadProgress:
     """The readers' per-worker counts -> one line per input: read, of what, time left."""
 
-    def __init__(self, throttle: Throttle):
+    def __init__(self, throttle: console.Throttle):
         self._throttle = throttle
         self._workers: dict[str, dict[int, tuple[int, float]]] = {}
         self._totals: dict[str, int] = {}
@@ -145,7 +119,7 @@ class _ReadProgress:
             return
         read = sum(done for done, _ in workers.values())
         rate = sum(done / took for done, took in workers.values() if took > 0)
-        left = f", about {duration((total - read) / rate)} left" if rate and read < total else ""
+        left = f", {console.time_left(total - read, rate)}" if rate and read < total else ""
         _LOG.info(
             "Reading %s: %s of %s (%.0f%%)%s",
             input_name,
@@ -195,7 +169,7 @@ class Reporter:
     def __init__(self, seconds: float, announce_after: float = ANNOUNCE_AFTER_SECONDS):
         self._seconds = seconds
         self._announce_after = min(announce_after, seconds)
-        self._throttle = Throttle(seconds)
+        self._throttle = console.Throttle(seconds)
         self._reads = _ReadProgress(self._throttle)
         self._lock = threading.RLock()  # held while logging, and the filter takes it too
         self._stage: _Stage | None = None
@@ -282,7 +256,9 @@ class Reporter:
                     and self._age(stage) >= self._seconds
                     and self._throttle.ready()
                 ):
-                    _LOG.info("%s running for %s", stage.label(), duration(self._age(stage)))
+                    _LOG.info(
+                        "%s running for %s", stage.label(), console.duration(self._age(stage))
+                    )
 
     def _filter(self, record: logging.LogRecord) -> bool:
         """Takes in read progress; passes on this project's worker records as plain lines."""

@@ -24,7 +24,7 @@ import sacrebleu
 import tensorflow as tf
 from absl import logging
 
-from pipeline import features
+from pipeline import console, features
 from pipeline import vocab as vocab_lib
 from trainer import data
 
@@ -378,27 +378,30 @@ def _read_pairs(cfg, split: str, limit: int) -> EvalPairs:
 
 
 class _Progress:
-    """Logs a long decode's progress about every `_PROGRESS_SECONDS`, with the time left."""
+    """Logs a long decode's progress about every `_PROGRESS_SECONDS`, with the time left.
 
-    def __init__(self, split: str, total: int):
+    The last batch gets no line: the evaluation's results follow it at once.
+    """
+
+    def __init__(self, split: str, total: int, clock=time.monotonic):
         self.split, self.total, self.count = split, total, 0
-        self.started = self.last = time.time()
+        self._clock = clock
+        self._started = clock()
+        self._throttle = console.Throttle(_PROGRESS_SECONDS, clock)
 
     def done(self, sentences: int):
         self.count += sentences
-        now = time.time()
-        if now - self.last < _PROGRESS_SECONDS or self.count >= self.total:
+        if self.count >= self.total or not self._throttle.ready():
             return
-        self.last = now
-        rate = self.count / (now - self.started)
+        rate = self.count / max(self._clock() - self._started, 1e-9)
         logging.info(
-            "decoding %s: %d/%d sentences (%.0f%%), %.1f/s, about %.0f s left",
+            "decoding %s: %d/%d sentences (%.0f%%), %.1f/s, %s",
             self.split,
             self.count,
             self.total,
             100.0 * self.count / self.total,
             rate,
-            (self.total - self.count) / rate,
+            console.time_left(self.total - self.count, rate),
         )
 
 

@@ -1,7 +1,8 @@
 """Load an exported SavedModel and translate with it: shared by nmt-translate and nmt-evaluate.
 
 Imports only TensorFlow and TF Text (whose ops the graph uses), never the model code, so it shows
-what any serving system needs to run an export.
+what any serving system needs to run an export (`pipeline.console`, for progress lines, is plain
+Python).
 """
 
 import json
@@ -11,6 +12,8 @@ import time
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the tokenizer ops the SavedModel uses)
 from absl import logging
+
+from pipeline import console
 
 # Must match pipeline.features.SCHEMA_VERSION and trainer/export.py's EXPORT_INFO; kept literal
 # so serving code stays independent of the training code.
@@ -51,26 +54,27 @@ def length_order(sentences: list[str]) -> list[int]:
 
 
 class _Progress:
-    """Logs progress with the rate and an ETA on long inputs, at most every `every` seconds."""
+    """Logs progress with the rate and the time left on long inputs, at most every `every` s.
 
-    def __init__(self, total: int, every: float = 10.0):
-        self.total, self.every = total, every
-        self.started = self.last = time.time()
-        self.done = 0
+    The last batch always gets a line (the total and the mean rate), however soon it comes.
+    """
+
+    def __init__(self, total: int, every: float = 10.0, clock=time.monotonic):
+        self.total, self.done = total, 0
+        self._clock = clock
+        self._started = clock()
+        self._throttle = console.Throttle(every, clock)
 
     def update(self, count: int) -> None:
         self.done += count
-        now = time.time()
-        if self.done < self.total and now - self.last < self.every:
+        if self.done < self.total and not self._throttle.ready():
             return
-        self.last = now
-        rate = self.done / max(now - self.started, 1e-9)
+        rate = self.done / max(self._clock() - self._started, 1e-9)
+        left = (
+            f", {console.time_left(self.total - self.done, rate)}" if self.done < self.total else ""
+        )
         logging.info(
-            "translated %d/%d sentences, %.1f sentences/s, ETA %s",
-            self.done,
-            self.total,
-            rate,
-            time.strftime("%H:%M:%S", time.gmtime((self.total - self.done) / max(rate, 1e-9))),
+            "translated %d/%d sentences, %.1f sentences/s%s", self.done, self.total, rate, left
         )
 
 

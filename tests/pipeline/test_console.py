@@ -96,3 +96,25 @@ def test_file_only_records_stay_off_the_console():
     assert console._ConsoleFilter().filter(record)
     record.__dict__.update(console.FILE_ONLY)
     assert not console._ConsoleFilter().filter(record)
+
+
+def test_throttle_says_yes_once_per_interval():
+    now = [0.0]
+    throttle = console.Throttle(30, clock=lambda: now[0])
+    answers = []
+    for second in range(100):
+        now[0] = second
+        answers.append(throttle.ready())
+    assert [second for second, yes in enumerate(answers) if yes] == [30, 60, 90]
+
+
+def test_durations_round_to_the_second_and_keep_two_units():
+    assert [console.duration(s) for s in (0.4, 59.4, 59.6, 754.9, 3599.6, 93_780)] == [
+        "0 s",
+        "59 s",
+        "1 min 0 s",
+        "12 min 35 s",
+        "1 h 0 min",
+        "26 h 3 min",
+    ]
+    assert console.time_left(90, 1.0) == "about 1 min 30 s left"

@@ -10,6 +10,7 @@ from apache_beam.portability.api import beam_fn_api_pb2
 from apache_beam.runners.portability import local_job_service
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 
+from pipeline import console
 from preprocessing import io, progress
 
 STAGE = re.compile(r"Stage (\d+)/(\d+) \((.+)\) (started at|done in) ")
@@ -27,19 +28,9 @@ def _messages(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == progress.__name__]
 
 
-def test_throttle_says_yes_once_per_interval():
-    clock = _Clock()
-    throttle = progress.Throttle(30, clock)
-    answers = []
-    for second in range(100):
-        clock.now = second
-        answers.append(throttle.ready())
-    assert [second for second, yes in enumerate(answers) if yes] == [30, 60, 90]
-
-
 def test_read_progress_sums_the_workers_and_prints_one_line_per_interval(caplog):
     clock = _Clock()
-    reads = progress._ReadProgress(progress.Throttle(30, clock))
+    reads = progress._ReadProgress(console.Throttle(30, clock))
     caplog.set_level(logging.INFO)
     for second in range(1, 61):  # Two workers report every second for a minute.
         clock.now = second
