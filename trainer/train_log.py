@@ -1,6 +1,6 @@
 """The training log action: one console line, one `train_history.jsonl` record and TensorBoard
 scalars per loop (loss, perplexity, learning rate, gradient norm, sampling probability, speed,
-ETA). The chief writes the files; every worker logs to its console.
+time left). The chief writes the files; every worker logs to its console.
 """
 
 import math
@@ -10,6 +10,7 @@ import tensorflow as tf
 from absl import logging
 
 from pipeline import config as config_lib
+from pipeline import console
 from trainer import controller, history
 
 
@@ -28,7 +29,7 @@ class TrainLog:
         record = self._record(output)
         logging.info(
             "step %d/%d loss %.3f ppl %.1f lr %.2e |g| %.2f p_sample %.3f %.1f steps/s "
-            "%.0f tok/s ETA %s",
+            "%.0f tok/s, %s left",
             output.step,
             self.train_cfg.train_steps,
             record["loss"],
@@ -38,7 +39,7 @@ class TrainLog:
             record["sampling_probability"],
             record["steps_per_second"],
             record["tokens_per_second"],
-            time.strftime("%H:%M:%S", time.gmtime(self._eta(output.step))),
+            console.duration(self._eta(output.step)),
         )
         if self.is_chief:
             history.append(self.state.layout.train_history, record)

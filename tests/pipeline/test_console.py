@@ -6,6 +6,7 @@ console (stderr) and its log file.
 
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -49,6 +50,7 @@ def test_training_console_has_progress_once_and_the_log_has_everything(trained_t
     assert last in screen and f"eval dev step {steps}" in screen
     progress = [line for line in screen.splitlines() if last in line]
     assert len(progress) == 1, "every line once (not through absl's and TF's handlers both)"
+    assert re.search(r" tok/s, 0 s left$", progress[0]), progress[0]
     assert log.count(f"{last} loss") == 1
 
 
