@@ -132,6 +132,7 @@ def _live_proposals(seq2seq, attention, live, beam_width: int):
     rows = tf.gather(tf.reshape(attention, [-1, width]), index)
     logits = tf.cast(seq2seq.projection(tf.cast(rows, seq2seq.projection.compute_dtype)), _FLOAT)
     values, tokens = top_k(logits, beam_width + 1)
+    row_max = values[:, :1]
     is_eos = tokens == EOS
     keep = tf.logical_and(
         tf.logical_not(is_eos),
@@ -143,7 +144,6 @@ def _live_proposals(seq2seq, attention, live, beam_width: int):
     tokens = tf.reshape(tf.boolean_mask(tokens, keep), [-1, beam_width])
     eos_column = tf.fill([tf.shape(tokens)[0], 1], EOS)
     chosen = tf.concat([logits[:, EOS : EOS + 1], values], axis=1)
-    row_max = tf.reduce_max(chosen, axis=1, keepdims=True)
     return (
         _log_softmax_at(logits, row_max, chosen),
         tf.concat([eos_column, tokens], axis=1),
