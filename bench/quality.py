@@ -14,13 +14,18 @@ reference prefixes meeting its own) should show most there.
 two schedules, weight normalisation) with each of `--seeds`, each run in its own process, and
 prints per-run rows and, per config and mark, the mean and standard deviation over seeds and the
 mean difference from teacher forcing. Runs already in `bench/results/<name>/` are reused, so an
-interrupted matrix continues where it stopped. Step marks count steps, not time, so they stay
-valid on a busy machine; minute marks need the machine to itself. Run it alone for time marks.
+interrupted matrix continues where it stopped, and a step mark a saved run lacks is trained for
+and merged into it. Step marks count steps, not time, so they stay valid on a busy machine;
+minute marks need the machine to itself. Run it alone for time marks. `--equal_time` compares
+at equal training time with step marks: a sampling mode measured at, say, 0.86x teacher
+forcing's tokens/s (`bench/train.py`) is also scored at 0.86 times each mark, the steps it makes
+while teacher forcing makes the mark's.
 
   .venv/bin/python bench/quality.py --minutes 5,10,20 [--params_override ...]
   .venv/bin/python bench/quality.py --steps 1400,3000 --params_override train.seed=2
   .venv/bin/python bench/quality.py --matrix --steps 1400,3000 --seeds 1,2,3
   .venv/bin/python bench/quality.py --matrix --minutes 5,10 --seeds 1,2,3 --name quality_time
+  .venv/bin/python bench/quality.py --matrix --steps 1400 --equal_time parallel=0.86,sequential=0.58
 """
 
 import argparse
@@ -130,7 +135,37 @@ def run_one(args, marks: list[float], by_steps: bool) -> dict:
     }
 
 
-def run_matrix(args, marks_flag: str) -> None:
+def sampling_mode(config: str) -> str:
+    """The matrix config's `train.sampling_mode`, or "" for teacher forcing."""
+    overrides = dict(item.split("=", 1) for item in MATRIX[config].split(","))
+    if float(overrides.get("train.sampling_probability", "0")) == 0:
+        return ""
+    return overrides.get("train.sampling_mode", "")
+
+
+def parse_speeds(flag: str) -> dict[str, float]:
+    """`--equal_time parallel=0.86,sequential=0.58` -> {mode: tokens/s relative to forcing}."""
+    speeds = {}
+    for item in filter(None, flag.split(",")):
+        mode, _, ratio = item.partition("=")
+        try:
+            speeds[mode] = float(ratio)
+        except ValueError:
+            raise SystemExit(f"--equal_time: {item!r} is not MODE=RATIO") from None
+        if not 0 < speeds[mode] <= 1 or mode not in ("parallel", "sequential"):
+            raise SystemExit(f"--equal_time: {item!r}: MODE parallel or sequential, 0 < RATIO <= 1")
+    return speeds
+
+
+def config_marks(config: str, marks: list[float], speeds: dict[str, float]) -> list[float]:
+    """The config's own step marks: each mark, and where its mode has a speed ratio, the steps
+    it makes in the time teacher forcing takes for the mark (equal training time)."""
+    ratio = speeds.get(sampling_mode(config))
+    scaled = [float(round(mark * ratio)) for mark in marks] if ratio else []
+    return sorted(set(marks) | set(scaled))
+
+
+def run_matrix(args, marks: list[float], by_steps: bool) -> None:
     """Each MATRIX config with each seed, in child processes; then the tables."""
     run_dir = os.path.join(common.RESULTS, args.name)
     os.makedirs(run_dir, exist_ok=True)
@@ -138,43 +173,89 @@ def run_matrix(args, marks_flag: str) -> None:
     unknown = sorted(set(names) - set(MATRIX))
     if unknown:
         raise SystemExit(f"unknown --configs {unknown}; known: {', '.join(MATRIX)}")
+    speeds = parse_speeds(args.equal_time)
+    if speeds and not by_steps:
+        raise SystemExit("--equal_time scales step marks: use it with --steps")
     runs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for name in names:
             path = os.path.join(run_dir, f"{name}-seed{seed}.json")
-            if not os.path.exists(path):
-                print(f"=== {name}, seed {seed}", flush=True)
-                overrides = f"{MATRIX[name]},train.seed={seed}"
-                if args.params_override:
-                    overrides += "," + args.params_override
-                argv = [sys.executable, __file__, marks_flag, f"--data_dir={args.data_dir}"]
-                argv += [f"--experiment={args.experiment}", f"--params_override={overrides}"]
-                argv += [f"--output={path}"]
-                subprocess.run(argv, check=True, cwd=common.REPO)
-            with open(path, encoding="utf-8") as f:
-                runs.append({"config": name, "seed": seed, **json.load(f)})
+            wanted = config_marks(name, marks, speeds) if by_steps else marks
+            run = ensure_run(args, name, seed, path, wanted, by_steps)
+            runs.append({"config": name, "seed": seed, **run})
     rows = [{"config": r["config"], "seed": r["seed"], **row} for r in runs for row in r["results"]]
     print()
     common.print_table(rows, ["config", "seed", "step", "minutes", *METRICS])
-    summary = summarise(runs, "step" if args.steps else "minutes")
+    summary = summarise(runs, marks, by_steps, speeds)
     print()
-    columns = ["config", "mark", "seeds"]
+    columns = ["config", "basis", "mark", "step", "seeds"]
     columns += [f"{m}_{part}" for m in METRICS for part in ("mean", "sd", "vs_forced")]
     common.print_table(summary, columns)
-    payload = {"marks": marks_flag, "configs": {n: MATRIX[n] for n in names}, "runs": runs}
+    payload = {
+        "marks": marks,
+        "by": "steps" if by_steps else "minutes",
+        "equal_time_speeds": speeds,
+        "configs": {n: MATRIX[n] for n in names},
+        "runs": runs,
+    }
     print("written", common.write_json(args.name, {**payload, "summary": summary}))
 
 
-def summarise(runs: list[dict], mark_key: str) -> list[dict]:
-    """Per config and mark: mean and sd over seeds, and the mean minus teacher forcing's."""
+def ensure_run(args, name: str, seed: int, path: str, wanted: list[float], by_steps: bool):
+    """The run's results at every wanted mark: a saved run is reused, and a step mark it lacks
+    is trained for (from scratch, in a child process) and merged into it."""
+    saved = None
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        if not by_steps:  # minute marks are never hit exactly: a saved run is complete
+            return saved
+    have = {row["step"] for row in saved["results"]} if saved else set()
+    missing = [mark for mark in wanted if int(mark) not in have]
+    if not missing:
+        return saved
+    print(f"=== {name}, seed {seed}, marks {', '.join(f'{m:g}' for m in missing)}", flush=True)
+    overrides = f"{MATRIX[name]},train.seed={seed}"
+    if args.params_override:
+        overrides += "," + args.params_override
+    flag = "--steps" if by_steps else "--minutes"
+    argv = [sys.executable, __file__, f"{flag}={','.join(f'{m:g}' for m in missing)}"]
+    argv += [f"--data_dir={args.data_dir}", f"--experiment={args.experiment}"]
+    argv += [f"--params_override={overrides}", f"--output={path}.part"]
+    subprocess.run(argv, check=True, cwd=common.REPO)
+    with open(f"{path}.part", encoding="utf-8") as f:
+        run = json.load(f)
+    if saved:
+        run["results"] = sorted(saved["results"] + run["results"], key=lambda row: row["step"])
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(run, f, indent=2)
+    os.remove(f"{path}.part")
+    return run
+
+
+def summarise(runs: list[dict], marks: list[float], by_steps: bool, speeds: dict) -> list[dict]:
+    """Per config, basis and mark: mean and sd over seeds, and the mean minus teacher forcing's
+    at the same mark. Basis "steps": the config at the mark's step; "time": the config at the
+    steps it makes in teacher forcing's time for the mark (its `--equal_time` ratio), or, with
+    minute marks, at the mark's minutes."""
     cells: dict = {}
     for run in runs:
+        ratio = speeds.get(sampling_mode(run["config"])) if by_steps else None
         for index, row in enumerate(run["results"]):
-            cells.setdefault((run["config"], index), []).append(row)
+            keys = []
+            if not by_steps:
+                keys.append(("time", marks[index]))
+            else:
+                keys += [("steps", m) for m in marks if row["step"] == int(m)]
+                if ratio:
+                    keys += [("time", m) for m in marks if row["step"] == round(m * ratio)]
+            for basis, mark in keys:
+                cells.setdefault((run["config"], basis, mark), []).append(row)
     summary = []
-    for (config, index), cell in cells.items():
-        forced = cells.get(("teacher_forcing", index))
-        line = {"config": config, "mark": cell[0][mark_key], "seeds": len(cell)}
+    for (config, basis, mark), cell in cells.items():
+        forced = cells.get(("teacher_forcing", "steps" if by_steps else "time", mark))
+        line = {"config": config, "basis": basis, "mark": mark, "step": cell[0]["step"]}
+        line["seeds"] = len(cell)
         for metric in METRICS:
             values = [r[metric] for r in cell]
             line[f"{metric}_mean"] = round(statistics.mean(values), 2)
@@ -199,16 +280,23 @@ def main():
     parser.add_argument("--matrix", action="store_true", help="Run MATRIX x --seeds.")
     parser.add_argument("--configs", default=",".join(MATRIX), help="The matrix configs to run.")
     parser.add_argument("--seeds", default="1,2,3", help="The matrix seeds (train.seed).")
+    parser.add_argument(
+        "--equal_time",
+        default="",
+        help="MODE=RATIO,...: a sampling mode's tokens/s over teacher forcing's (bench/train.py); "
+        "its configs are also scored at each step mark times RATIO (equal training time).",
+    )
     parser.add_argument("--output", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     by_steps = bool(args.steps)
-    marks_flag = f"--steps={args.steps}" if by_steps else f"--minutes={args.minutes}"
+    marks = sorted(float(m) for m in (args.steps or args.minutes).split(","))
+    if args.equal_time and not args.matrix:
+        raise SystemExit("--equal_time applies to --matrix")
     args.data_dir = common.ensure_dataset(args.data_dir)
     if args.matrix:
         args.name = args.name or "quality_matrix"
-        run_matrix(args, marks_flag)
+        run_matrix(args, marks, by_steps)
         return
-    marks = sorted(float(m) for m in (args.steps or args.minutes).split(","))
     result = run_one(args, marks, by_steps)
     if args.output:  # a matrix run: its parent prints the tables
         with open(args.output, "w", encoding="utf-8") as f:
