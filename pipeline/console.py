@@ -15,7 +15,7 @@ A record logged with `extra=FILE_ONLY` (detail a user rarely needs) goes to the 
 
 Progress lines (the Beam job's reads and stages, decoding in evaluation and in the serving tools)
 share `Throttle`, which spaces them, and `duration` / `time_left`, which keep their times in one
-style.
+style; `Progress` is the whole line for work counted in units of a known total.
 """
 
 import json
@@ -36,6 +36,7 @@ CACHE_LOG_DIR = os.path.join(
 )
 _CONSOLE_FORMAT = "%(asctime)s %(message)s"
 FILE_ONLY = {"file_only": True}
+_LOG = logging.getLogger(__name__)
 _FILE_FORMAT = (
     "%(asctime)s %(levelname).1s %(process)d %(name)s %(filename)s:%(lineno)d] %(message)s"
 )
@@ -248,3 +249,45 @@ def duration(seconds: float) -> str:
 def time_left(remaining: float, rate: float) -> str:
     """'about 1 min 30 s left': `remaining` units of work at `rate` units a second (rate > 0)."""
     return f"about {duration(remaining / rate)} left"
+
+
+class Progress:
+    """Counts units of work of a known total; logs at most every `seconds` how far it is:
+    'decoding test: 40/100 sentences (40%), 3.3/s, about 18 s left'.
+
+    With `final_line` the last unit gets a line too (the total and the mean rate), however soon
+    it comes; a caller whose results follow at once leaves it off.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        total: int,
+        unit: str = "sentences",
+        seconds: float = 10.0,
+        final_line: bool = True,
+        clock=time.monotonic,
+    ):
+        self.what, self.total, self.unit, self.count = what, total, unit, 0
+        self._final_line = final_line
+        self._clock = clock
+        self._started = clock()
+        self._throttle = Throttle(seconds, clock)
+
+    def add(self, count: int) -> None:
+        self.count += count
+        finished = self.count >= self.total
+        if not (finished and self._final_line) and (finished or not self._throttle.ready()):
+            return
+        rate = self.count / max(self._clock() - self._started, 1e-9)
+        left = "" if finished else f", {time_left(self.total - self.count, rate)}"
+        _LOG.info(
+            "%s: %d/%d %s (%.0f%%), %.1f/s%s",
+            self.what,
+            self.count,
+            self.total,
+            self.unit,
+            100.0 * self.count / max(self.total, 1),
+            rate,
+            left,
+        )

@@ -22,7 +22,6 @@ from typing import NamedTuple
 import numpy as np
 import sacrebleu
 import tensorflow as tf
-from absl import logging
 
 from pipeline import console, features
 from pipeline import vocab as vocab_lib
@@ -267,11 +266,16 @@ class Evaluator:
         trace the decoder once per replica. Long decodes log their progress and an estimate of
         the time left.
         """
-        progress = _Progress(split, sum(len(ids) for ids, _ in batches))
+        progress = console.Progress(
+            f"decoding {split}",
+            sum(len(ids) for ids, _ in batches),
+            seconds=_PROGRESS_SECONDS,
+            final_line=False,  # the evaluation's results follow at once
+        )
         if self.replicas == 1 or len(batches) == 1:
             for ids, lengths in batches:
                 yield self._beam_fn(ids, lengths).numpy()
-                progress.done(len(ids))
+                progress.add(len(ids))
             return
         for first in range(0, len(batches), self.replicas):
             group = batches[first : first + self.replicas]
@@ -279,7 +283,7 @@ class Evaluator:
             blocks = gathered.reshape(self.replicas, -1, self._width)
             for block, (ids, _) in zip(blocks[: len(group)], group, strict=True):
                 yield block[: len(ids)]
-            progress.done(sum(len(ids) for ids, _ in group))
+            progress.add(sum(len(ids) for ids, _ in group))
 
     def _decode_round(self, ids, lengths, rows):
         """Replica r decodes batch r of a stacked round; all hypotheses gathered everywhere.
@@ -375,34 +379,6 @@ def _read_pairs(cfg, split: str, limit: int) -> EvalPairs:
         pairs.source_texts.extend(t.decode("utf-8") for t in batch[features.SOURCE_TEXT])
         pairs.target_texts.extend(t.decode("utf-8") for t in batch[features.TARGET_TEXT])
     return pairs
-
-
-class _Progress:
-    """Logs a long decode's progress about every `_PROGRESS_SECONDS`, with the time left.
-
-    The last batch gets no line: the evaluation's results follow it at once.
-    """
-
-    def __init__(self, split: str, total: int, clock=time.monotonic):
-        self.split, self.total, self.count = split, total, 0
-        self._clock = clock
-        self._started = clock()
-        self._throttle = console.Throttle(_PROGRESS_SECONDS, clock)
-
-    def done(self, sentences: int):
-        self.count += sentences
-        if self.count >= self.total or not self._throttle.ready():
-            return
-        rate = self.count / max(self._clock() - self._started, 1e-9)
-        logging.info(
-            "decoding %s: %d/%d sentences (%.0f%%), %.1f/s, %s",
-            self.split,
-            self.count,
-            self.total,
-            100.0 * self.count / self.total,
-            rate,
-            console.time_left(self.total - self.count, rate),
-        )
 
 
 def _stack_loss_round(group: list[dict], replicas: int) -> dict:

@@ -7,11 +7,9 @@ Python).
 
 import json
 import os
-import time
 
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the tokenizer ops the SavedModel uses)
-from absl import logging
 
 from pipeline import console
 
@@ -53,38 +51,15 @@ def length_order(sentences: list[str]) -> list[int]:
     )
 
 
-class _Progress:
-    """Logs progress with the rate and the time left on long inputs, at most every `every` s.
-
-    The last batch always gets a line (the total and the mean rate), however soon it comes.
-    """
-
-    def __init__(self, total: int, every: float = 10.0, clock=time.monotonic):
-        self.total, self.done = total, 0
-        self._clock = clock
-        self._started = clock()
-        self._throttle = console.Throttle(every, clock)
-
-    def update(self, count: int) -> None:
-        self.done += count
-        if self.done < self.total and not self._throttle.ready():
-            return
-        rate = self.done / max(self._clock() - self._started, 1e-9)
-        left = (
-            f", {console.time_left(self.total - self.done, rate)}" if self.done < self.total else ""
-        )
-        logging.info(
-            "translated %d/%d sentences, %.1f sentences/s%s", self.done, self.total, rate, left
-        )
-
-
 def translate(signature, sentences: list[str], batch_size: int = 32, n_best: int = 1):
     """(n-best list, best score) per sentence, in input order.
 
     The model sees the sentences in length-sorted batches; results come back in input order.
     """
     order = length_order(sentences)
-    progress = _Progress(len(sentences)) if len(sentences) > batch_size else None
+    progress = (
+        console.Progress("translating", len(sentences)) if len(sentences) > batch_size else None
+    )
     results = [None] * len(sentences)
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
@@ -95,5 +70,5 @@ def translate(signature, sentences: list[str], batch_size: int = 32, n_best: int
         ):
             results[i] = (hypotheses, score)
         if progress:
-            progress.update(len(indices))
+            progress.add(len(indices))
     return results

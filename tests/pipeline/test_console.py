@@ -120,3 +120,35 @@ def test_durations_round_to_the_second_and_keep_two_units():
         "26 h 3 min",
     ]
     assert console.time_left(90, 1.0) == "about 1 min 30 s left"
+
+
+def test_progress_logs_the_time_left_every_interval_and_always_the_last_unit(caplog):
+    now = [0.0]
+    progress = console.Progress("translating", 100, seconds=10, clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="pipeline.console")
+    for batch in range(1, 11):  # Ten batches of 10 sentences, one every 3 s.
+        now[0] = 3.0 * batch
+        progress.add(10)
+    assert [m for m in caplog.messages if m.startswith("translating")] == [
+        "translating: 40/100 sentences (40%), 3.3/s, about 18 s left",
+        "translating: 80/100 sentences (80%), 3.3/s, about 6 s left",
+        "translating: 100/100 sentences (100%), 3.3/s",  # 6 s after the last line, but last
+    ]
+
+
+def test_progress_without_a_final_line_logs_every_interval_but_not_at_the_end(caplog):
+    now = [0.0]
+    progress = console.Progress(
+        "decoding dev", 100, seconds=30, final_line=False, clock=lambda: now[0]
+    )
+    caplog.set_level(logging.INFO, logger="pipeline.console")
+    for batch in range(1, 11):  # Ten batches of 10 sentences, one every 15 s.
+        now[0] = 15.0 * batch
+        progress.add(10)
+    # The last batch (at 150 s) is due a line too; the evaluation's results follow instead.
+    assert [m for m in caplog.messages if m.startswith("decoding")] == [
+        "decoding dev: 20/100 sentences (20%), 0.7/s, about 2 min 0 s left",
+        "decoding dev: 40/100 sentences (40%), 0.7/s, about 1 min 30 s left",
+        "decoding dev: 60/100 sentences (60%), 0.7/s, about 1 min 0 s left",
+        "decoding dev: 80/100 sentences (80%), 0.7/s, about 30 s left",
+    ]

@@ -2,7 +2,6 @@
 equals the split-order sum; a second evaluation reads and traces nothing."""
 
 import dataclasses
-import logging
 
 import numpy as np
 import pytest
@@ -154,20 +153,3 @@ def test_tfa_fallback_decoding_traces_without_autograph(small_dataset, tmp_path)
     )
     result = evaluator.quality("test", 8)
     assert len(result["hypotheses"]) == 8
-
-
-def test_long_decodes_log_the_time_left_every_interval_but_not_at_the_end(caplog):
-    now = [0.0]
-    progress = evaluation._Progress("dev", 100, clock=lambda: now[0])
-    # On absl's own logger: code run earlier in the session (an export) may leave it at WARNING.
-    caplog.set_level(logging.INFO, logger="absl")
-    for batch in range(1, 11):  # Ten batches of 10 sentences, one every 15 s.
-        now[0] = 15.0 * batch
-        progress.done(10)
-    # The last batch (at 150 s) is due a line too; the evaluation's results follow instead.
-    assert [m for m in caplog.messages if m.startswith("decoding")] == [
-        "decoding dev: 20/100 sentences (20%), 0.7/s, about 2 min 0 s left",
-        "decoding dev: 40/100 sentences (40%), 0.7/s, about 1 min 30 s left",
-        "decoding dev: 60/100 sentences (60%), 0.7/s, about 1 min 0 s left",
-        "decoding dev: 80/100 sentences (80%), 0.7/s, about 30 s left",
-    ]

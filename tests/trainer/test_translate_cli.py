@@ -5,7 +5,6 @@ outputs and errors, not about translation quality.
 """
 
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -153,18 +152,3 @@ def test_export_runs_the_fused_beam_search_with_core_ops_only(export_dir):
     assert nodes
     assert not [n.op for n in nodes if n.op.startswith("Addons>")]
     assert not [n.name for n in nodes if "BeamSearchDecoder" in n.name], "TFA's decoder"
-
-
-def test_long_inputs_log_the_time_left_every_interval_and_always_the_last_batch(caplog):
-    now = [0.0]
-    progress = serving._Progress(100, every=10, clock=lambda: now[0])
-    # On absl's own logger: code run earlier in the session (an export) may leave it at WARNING.
-    caplog.set_level(logging.INFO, logger="absl")
-    for batch in range(1, 11):  # Ten batches of 10 sentences, one every 3 s.
-        now[0] = 3.0 * batch
-        progress.update(10)
-    assert [m for m in caplog.messages if m.startswith("translated")] == [
-        "translated 40/100 sentences, 3.3 sentences/s, about 18 s left",
-        "translated 80/100 sentences, 3.3 sentences/s, about 6 s left",
-        "translated 100/100 sentences, 3.3 sentences/s",  # 6 s after the last line, but last
-    ]
