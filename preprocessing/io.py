@@ -17,6 +17,7 @@ import dataclasses
 import glob
 import itertools
 import logging
+import uuid
 
 import apache_beam as beam
 import tensorflow_datasets as tfds
@@ -211,8 +212,29 @@ class ReadTsv(beam.PTransform):
         return lines | "ToRecords" >> beam.Map(_tsv_line), counts
 
 
-def _read_aligned_files(spec: AlignedFilesInput):
-    return _counted(_aligned_lines(spec))
+def _read_aligned_files(spec: AlignedFilesInput, meter_args: tuple):
+    return _counted(_metered(_aligned_lines(spec), spec, meter_args))
+
+
+def _metered(lines, spec: AlignedFilesInput, meter_args: tuple):
+    """Passes `lines` through, counting their bytes as read progress of both files.
+
+    Compressed files count their size on disk once read whole, as their total does.
+    """
+    job, seconds = meter_args
+    files = [spec.source, spec.target]
+    matches = filesystems.FileSystems.match(files)
+    total = sum(metadata.size_in_bytes for match in matches for metadata in match.metadata_list)
+    meter = progress.ReadMeter(job, " + ".join(files), total, seconds)
+    by_line = not any(ranges.is_compressed(path) for path in files)
+    read = 0
+    for line in lines:
+        if by_line:  # both sides (one, past the shorter file) and about their line endings
+            meter.add(len(line.raw) + 1)
+            read += len(line.raw) + 1
+        yield line
+    meter.add(max(total - read, 0))  # what lines missed (e.g. CRLF), or a compressed size
+    meter.flush()
 
 
 def _aligned_lines(spec: AlignedFilesInput):
@@ -249,18 +271,23 @@ def _aligned_lines(spec: AlignedFilesInput):
 class ReadAlignedFiles(beam.PTransform):
     """Reads a source file and a target file whose lines pair up one to one.
 
-    Outputs (lines, read counts), as `ReadTsv`.
+    Outputs (lines, read counts), as `ReadTsv`; logs read progress as `ReadTsv` does.
     """
 
-    def __init__(self, spec: AlignedFilesInput):
+    def __init__(self, spec: AlignedFilesInput, progress_seconds: float = progress.DEFAULT_SECONDS):
         super().__init__()
         self._spec = spec
+        # Names this read in the worker's counts (a process may run several jobs, as tests do).
+        self._meter_args = (uuid.uuid4().hex, progress_seconds)
 
     def expand(self, pbegin):
         outputs = (
             pbegin
             | "Files" >> beam.Create([self._spec])
-            | "Lines" >> beam.FlatMap(_read_aligned_files).with_outputs(READ_COUNTS, main="lines")
+            | "Lines"
+            >> beam.FlatMap(_read_aligned_files, self._meter_args).with_outputs(
+                READ_COUNTS, main="lines"
+            )
         )
         return outputs.lines, outputs[READ_COUNTS]
 
@@ -281,10 +308,14 @@ def translation_keys(info: tfds.core.DatasetInfo) -> tuple[str, str]:
 
 
 class _ReadTfdsShardFn(beam.DoFn):
-    """Reads one shard of one split of a prepared TFDS set."""
+    """Reads one shard of one split of a prepared TFDS set; counts its examples as read progress
+    of the `total` the job reads."""
 
-    def __init__(self, spec: TfdsInput):
+    def __init__(self, spec: TfdsInput, total: int, progress_seconds: float):
         self._spec = spec
+        self._total = total
+        # Names this read in the worker's counts (a process may run several jobs, as tests do).
+        self._meter_args = (uuid.uuid4().hex, progress_seconds)
         self._builder = None
 
     def setup(self):
@@ -297,11 +328,16 @@ class _ReadTfdsShardFn(beam.DoFn):
         source_key, target_key = translation_keys(self._builder.info)
         job_split = self._spec.split_map()[split]
         job_split = "" if job_split == HASH else job_split
+        job, seconds = self._meter_args
+        name = f"{TFDS_PREFIX}{self._spec.name}"
+        meter = progress.ReadMeter(job, name, self._total, seconds, progress.EXAMPLES)
         dataset = self._builder.as_dataset(split=f"{split}[{shard}shard]", shuffle_files=False)
         for index, example in enumerate(tfds.as_numpy(dataset)):
             fields = (example[source_key], example[target_key])
             origin = f"{TFDS_PREFIX}{self._spec.name}:{split}[{shard}shard]:{index}"
+            meter.add(1)
             yield records.Line(origin, b"\t".join(fields), fields, split=job_split)
+        meter.flush()
 
 
 def tfds_splits_read(spec: TfdsInput, available: list[str]) -> list[str]:
@@ -344,9 +380,10 @@ class ReadTfds(beam.PTransform):
     Outputs (lines, read counts), as `ReadTsv`.
     """
 
-    def __init__(self, spec: TfdsInput):
+    def __init__(self, spec: TfdsInput, progress_seconds: float = progress.DEFAULT_SECONDS):
         super().__init__()
         self._spec = spec
+        self._progress_seconds = progress_seconds
 
     def expand(self, pbegin):
         builder = tfds.builder(self._spec.name, data_dir=self._spec.data_dir)
@@ -357,16 +394,16 @@ class ReadTfds(beam.PTransform):
             )
         translation_keys(builder.info)
         splits = builder.info.splits
+        read = tfds_splits_read(self._spec, list(splits.keys()))
         shards = [
-            (split, shard)
-            for split in tfds_splits_read(self._spec, list(splits.keys()))
-            for shard in range(len(splits[split].shard_lengths))
+            (split, shard) for split in read for shard in range(len(splits[split].shard_lengths))
         ]
+        total = sum(splits[split].num_examples for split in read)
+        reader = _ReadTfdsShardFn(self._spec, total, self._progress_seconds)
         outputs = (
             pbegin
             | "Shards" >> beam.Create(shards)
-            | "Examples"
-            >> beam.ParDo(_ReadTfdsShardFn(self._spec)).with_outputs(READ_COUNTS, main="lines")
+            | "Examples" >> beam.ParDo(reader).with_outputs(READ_COUNTS, main="lines")
         )
         return outputs.lines, outputs[READ_COUNTS]
 
@@ -375,16 +412,16 @@ def _reader(spec: InputSpec, range_bytes: int, progress_seconds: float) -> beam.
     if isinstance(spec, TsvInput):
         return ReadTsv(spec.pattern, range_bytes, progress_seconds)
     if isinstance(spec, AlignedFilesInput):
-        return ReadAlignedFiles(spec)
-    return ReadTfds(spec)
+        return ReadAlignedFiles(spec, progress_seconds)
+    return ReadTfds(spec, progress_seconds)
 
 
 class ReadInputs(beam.PTransform):
     """Reads every input; uncompressed text files larger than `range_bytes` are read in ranges.
 
     Outputs (lines, read counts): one PCollection of `records.Line` spread over the workers, and
-    (input, records read) pairs, several per input when it was read in parts. TSV readers log
-    their progress at most every `progress_seconds`.
+    (input, records read) pairs, several per input when it was read in parts. Readers log their
+    progress at most every `progress_seconds`.
     """
 
     def __init__(

@@ -5,9 +5,9 @@ runs the whole pipeline inside `Pipeline.run`, so the result, and with it the me
 once the job is over, and the engine's own stage logs are debug lines naming fused stages by
 internal ids. So the job reports from both sides:
 
-- Workers (every runner): the readers count the bytes they read (`ReadMeter`) and log, at most
-  every `seconds` per worker, how much of the input they have read and in how long. On Dataflow,
-  Flink or Spark these lines are in the workers' logs.
+- Workers (every runner): the readers count what they read (`ReadMeter`: bytes of text files,
+  examples of a TFDS set) and log, at most every `seconds` per worker, how much of the input they
+  have read and in how long. On Dataflow, Flink or Spark these lines are in the workers' logs.
 - The launching process (DirectRunner): `Reporter` times each fused stage the engine runs (it
   wraps `FnApiRunner._execute_bundle`, a private method: with another Beam it says so in the log
   and reports nothing), puts one line on the console as a long stage starts and ends and one
@@ -36,15 +36,23 @@ from pipeline import console
 # The engine's logger for log records sent by worker processes (Beam 2.77).
 WORKER_LOG_RELAY = "apache_beam.runners.portability.local_job_service"
 _WORKER_PREFIX = "Worker: "
-_READ_FORMAT = "Read progress: worker %d has read %d of %d bytes of %s in %.1f s."
+_READ_FORMAT = "Read progress: worker %d has read %d of %d %s of %s in %.1f s."
 _READ_PATTERN = re.compile(
-    r"Read progress: worker (\d+) has read (\d+) of (\d+) bytes of (.+) in ([\d.]+) s\.$"
+    r"Read progress: worker (\d+) has read (\d+) of (\d+) (bytes|examples) of (.+) in ([\d.]+) s\.$"
 )
+BYTES, EXAMPLES = "bytes", "examples"
 # Least seconds between two progress lines, by default (`--progress_seconds`).
 DEFAULT_SECONDS = 30.0
 # Stages shorter than this are in the log file only.
 ANNOUNCE_AFTER_SECONDS = 5.0
 _LOG = logging.getLogger(__name__)
+
+
+def read_of(read: float, total: float, unit: str) -> str:
+    """'12.5 MB of 3.1 GB' for bytes, '5,000 of 12,345 examples' otherwise."""
+    if unit == BYTES:
+        return f"{size(read)} of {size(total)}"
+    return f"{read:,.0f} of {total:,.0f} {unit}"
 
 
 def size(nbytes: float) -> str:
@@ -69,7 +77,8 @@ _reads_lock = threading.Lock()
 
 
 class ReadMeter:
-    """Counts the bytes one reader reads; logs its worker's total at most every `seconds`.
+    """Counts what one reader reads (`unit`: bytes or examples); logs its worker's total at most
+    every `seconds`.
 
     A worker reads many ranges and files of an input, one after another or in threads; their
     counts add up per process (and per job, named by `job`, as tests run jobs in one process).
@@ -78,9 +87,10 @@ class ReadMeter:
 
     _FLUSH_EVERY = 1024  # lines: the count is shared under a lock, so not every line
 
-    def __init__(self, job: str, input_name: str, total_bytes: int, seconds: float):
+    def __init__(self, job: str, input_name: str, total: int, seconds: float, unit: str = BYTES):
         self._input = input_name
-        self._total = total_bytes
+        self._total = total
+        self._unit = unit
         with _reads_lock:
             self._reads = _reads.setdefault((job, input_name), _WorkerReads(seconds))
         self._pending = 0
@@ -100,7 +110,7 @@ class ReadMeter:
             if not reads.throttle.ready():
                 return
             read, seconds = reads.bytes, time.monotonic() - reads.started
-        _LOG.info(_READ_FORMAT, os.getpid(), read, self._total, self._input, seconds)
+        _LOG.info(_READ_FORMAT, os.getpid(), read, self._total, self._unit, self._input, seconds)
 
 
 class _ReadProgress:
@@ -111,7 +121,9 @@ class _ReadProgress:
         self._workers: dict[str, dict[int, tuple[int, float]]] = {}
         self._totals: dict[str, int] = {}
 
-    def update(self, worker: int, read: int, total: int, input_name: str, seconds: float):
+    def update(
+        self, worker: int, read: int, total: int, input_name: str, seconds: float, unit=BYTES
+    ):
         workers = self._workers.setdefault(input_name, {})
         workers[worker] = (read, seconds)
         self._totals[input_name] = total
@@ -121,10 +133,9 @@ class _ReadProgress:
         rate = sum(done / took for done, took in workers.values() if took > 0)
         left = f", {console.time_left(total - read, rate)}" if rate and read < total else ""
         _LOG.info(
-            "Reading %s: %s of %s (%.0f%%)%s",
+            "Reading %s: %s (%.0f%%)%s",
             input_name,
-            size(read),
-            size(total),
+            read_of(read, total, unit),
             100.0 * read / max(total, 1),
             left,
         )
@@ -291,11 +302,11 @@ class Reporter:
         match = _READ_PATTERN.match(message)
         if not match:
             return False
-        worker, read, total, input_name, seconds = match.groups()
+        worker, read, total, unit, input_name, seconds = match.groups()
         with self._lock:  # the throttle is shared with the stage watcher's thread
             if self._stage is not None:
                 self._stage.reads = True  # no "running for" lines to crowd these out
-            self._reads.update(int(worker), int(read), int(total), input_name, float(seconds))
+            self._reads.update(int(worker), int(read), int(total), input_name, float(seconds), unit)
         return True
 
 

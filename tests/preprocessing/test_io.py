@@ -2,12 +2,14 @@
 
 import dataclasses
 import gzip
+import logging
+import re
 
 import apache_beam as beam
 import pytest
 from apache_beam.testing import test_pipeline, util
 
-from preprocessing import io, records
+from preprocessing import io, progress, records
 from tests.preprocessing import conftest
 
 
@@ -60,14 +62,19 @@ def test_read_tsv_numbers_lines_and_keeps_raw_bytes(tmp_path, name, range_bytes)
         )
 
 
-def test_read_aligned_files_marks_every_unpaired_line(tmp_path):
+def _read_progress(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == progress.__name__]
+
+
+def test_read_aligned_files_marks_every_unpaired_line(tmp_path, caplog):
     source, target = tmp_path / "s.txt", tmp_path / "t.txt"
     source.write_bytes(b"one\ntwo\n")
     target.write_bytes(b"eins\nzwei\ndrei\nvier\n")
     spec = io.AlignedFilesInput(str(source), str(target))
     mismatch = records.LINE_COUNT_MISMATCH
+    caplog.set_level(logging.INFO)
     with test_pipeline.TestPipeline() as p:
-        lines, counts = p | io.ReadAlignedFiles(spec)
+        lines, counts = p | io.ReadAlignedFiles(spec, progress_seconds=0)
         util.assert_that(
             counts, util.equal_to([(str(source), 2), (str(target), 2)]), label="CheckCounts"
         )
@@ -82,19 +89,25 @@ def test_read_aligned_files_marks_every_unpaired_line(tmp_path):
                 ]
             ),
         )
+    # Both files' bytes are the input's size, and all of it is read.
+    assert re.fullmatch(
+        rf"Read progress: worker \d+ has read 28 of 28 bytes of {source} \+ {target} in .*",
+        _read_progress(caplog)[-1],
+    )
 
 
 def _origin_and_split(line):
     return line.origin.rsplit(":", 1)[0], line.split
 
 
-def test_read_tfds_keeps_the_sets_own_splits(tfds_data_dir):
+def test_read_tfds_keeps_the_sets_own_splits(tfds_data_dir, caplog):
     spec = io.parse_inputs([f"tfds:{conftest.TFDS_NAME}"], tfds_data_dir=tfds_data_dir)[0]
     pairs = conftest.tfds_split_pairs()
     expected = [f"{s}\t{t}".encode() for chunk in pairs.values() for s, t in chunk]
     prefix = f"tfds:{conftest.TFDS_NAME}"
+    caplog.set_level(logging.INFO)
     with test_pipeline.TestPipeline() as p:
-        lines, counts = p | io.ReadInputs([spec])
+        lines, counts = p | io.ReadInputs([spec], progress_seconds=0)
         util.assert_that(lines | beam.Map(lambda line: line.raw), util.equal_to(expected))
         util.assert_that(
             lines | "Splits" >> beam.Map(_origin_and_split),
@@ -112,6 +125,11 @@ def test_read_tfds_keeps_the_sets_own_splits(tfds_data_dir):
             ),
             label="CheckCounts",
         )
+    # Read progress counts examples of every split read, summed over the shards.
+    assert re.fullmatch(
+        rf"Read progress: worker \d+ has read 48 of 48 examples of {prefix} in .*",
+        _read_progress(caplog)[-1],
+    )
 
 
 def test_tfds_split_map_can_hash_or_skip_splits(tfds_data_dir):

@@ -43,6 +43,17 @@ def test_read_progress_sums_the_workers_and_prints_one_line_per_interval(caplog)
     ]
 
 
+def test_read_progress_of_examples_counts_them_not_bytes(caplog):
+    clock = _Clock()
+    reads = progress._ReadProgress(console.Throttle(30, clock))
+    caplog.set_level(logging.INFO)
+    clock.now = 30
+    reads.update(1, 5000, 20000, "tfds:wmt14_translate/de-en", 10.0, progress.EXAMPLES)
+    assert _messages(caplog) == [
+        "Reading tfds:wmt14_translate/de-en: 5,000 of 20,000 examples (25%), about 30 s left"
+    ]
+
+
 def _worker_log(level: int, location: str, message: str) -> None:
     """Logs `message` as Beam's engine logs a record a worker process sent it."""
     entry = beam_fn_api_pb2.LogEntry(
