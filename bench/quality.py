@@ -181,8 +181,16 @@ def run_matrix(args, marks: list[float], by_steps: bool) -> None:
         for name in names:
             path = os.path.join(run_dir, f"{name}-seed{seed}.json")
             wanted = config_marks(name, marks, speeds) if by_steps else marks
-            run = ensure_run(args, name, seed, path, wanted, by_steps)
+            if args.saved_only:
+                run = saved_run(path, wanted, by_steps)
+                if run is None:
+                    print(f"--saved_only: {name}, seed {seed} lacks a mark; left out")
+                    continue
+            else:
+                run = ensure_run(args, name, seed, path, wanted, by_steps)
             runs.append({"config": name, "seed": seed, **run})
+    if not runs:
+        raise SystemExit(f"no run in {run_dir} holds every mark")
     rows = [{"config": r["config"], "seed": r["seed"], **row} for r in runs for row in r["results"]]
     print()
     common.print_table(rows, ["config", "seed", "step", "minutes", *METRICS])
@@ -199,6 +207,16 @@ def run_matrix(args, marks: list[float], by_steps: bool) -> None:
         "runs": runs,
     }
     print("written", common.write_json(args.name, {**payload, "summary": summary}))
+
+
+def saved_run(path: str, wanted: list[float], by_steps: bool) -> dict | None:
+    """The saved run at `path` if it holds every wanted mark (any, for minute marks), else None."""
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        run = json.load(f)
+    have = {row["step"] for row in run["results"]}
+    return run if not by_steps or all(int(mark) in have for mark in wanted) else None
 
 
 def ensure_run(args, name: str, seed: int, path: str, wanted: list[float], by_steps: bool):
@@ -280,6 +298,11 @@ def main():
     parser.add_argument("--matrix", action="store_true", help="Run MATRIX x --seeds.")
     parser.add_argument("--configs", default=",".join(MATRIX), help="The matrix configs to run.")
     parser.add_argument("--seeds", default="1,2,3", help="The matrix seeds (train.seed).")
+    parser.add_argument(
+        "--saved_only",
+        action="store_true",
+        help="With --matrix: the tables of the runs already saved; nothing is trained.",
+    )
     parser.add_argument(
         "--equal_time",
         default="",
