@@ -5,12 +5,14 @@ model run in-graph, so training ids and serving ids cannot drift apart. Length l
 pieces, the unit the model pays for.
 """
 
+import uuid
+
 import apache_beam as beam
 import tensorflow as tf
 
 from pipeline import features, text
 from pipeline import vocab as vocab_lib
-from preprocessing import packed, records, vocabulary
+from preprocessing import packed, progress, records, vocabulary
 
 REJECTED = "rejected"
 # Tokenizing a batch is one TF call; batches amortise its fixed cost (about 0.3 ms).
@@ -25,11 +27,24 @@ class _TokenizeBatchFn(beam.DoFn):
     """Batches of (split, packed `Pair`) -> `TokenizedPair`s, vocabularies from a side input.
 
     Tokenizers are built once per worker and vocabulary (keyed by fingerprint), not per batch:
-    building one parses the SentencePiece model into a TF resource.
+    building one parses the SentencePiece model into a TF resource. Each batch counts towards
+    the job's progress line for tokenization (`progress.Meter`), against the number of pairs.
     """
 
-    def __init__(self):
+    def __init__(self, progress_seconds: float):
         self._tokenizers = {}
+        # Names this job's count in the worker (a process may run several jobs, as tests do).
+        self._meter_args = (uuid.uuid4().hex, progress_seconds)
+        self._meter = None
+
+    def _metered(self, count: int, total: int) -> None:
+        if self._meter is None:
+            job, seconds = self._meter_args
+            self._meter = progress.Meter(
+                job, "sentence pairs", total, seconds, progress.PAIRS, progress.TOKENIZE
+            )
+        self._meter.add(count)
+        self._meter.flush()
 
     def _tokenizer(self, learned: vocabulary.Learned) -> text.SubwordTokenizer:
         key = vocab_lib.fingerprint(learned.vocabulary)
@@ -37,7 +52,7 @@ class _TokenizeBatchFn(beam.DoFn):
             self._tokenizers[key] = text.SubwordTokenizer(learned.vocabulary)
         return self._tokenizers[key]
 
-    def process(self, packed_batch, vocabularies: dict[str, vocabulary.Learned]):
+    def process(self, packed_batch, vocabularies: dict[str, vocabulary.Learned], total: int):
         vocabulary.check_learned(vocabularies)
         batch = [(split, packed.unpack_pair(pair)) for split, pair in packed_batch]
         source_ids = self._tokenizer(vocabularies["source"]).tokenize(
@@ -50,22 +65,36 @@ class _TokenizeBatchFn(beam.DoFn):
             batch, source_ids.to_list(), target_ids.to_list(), strict=True
         ):
             yield records.TokenizedPair(split, source, target, pair)
+        self._metered(len(batch), total)
 
 
 class TokenizePairs(beam.PTransform):
-    """(split, `Pair`) -> `TokenizedPair`, given the PCollection of (side, `vocabulary.Learned`)."""
+    """(split, `Pair`) -> `TokenizedPair`, given the PCollection of (side, `vocabulary.Learned`).
 
-    def __init__(self, vocabularies: beam.PCollection):
+    Workers log how many pairs they have tokenized, at most every `progress_seconds`.
+    """
+
+    def __init__(
+        self, vocabularies: beam.PCollection, progress_seconds: float = progress.DEFAULT_SECONDS
+    ):
         super().__init__()
         self._vocabularies = vocabularies
+        self._progress_seconds = progress_seconds
 
     def expand(self, split_pairs):
+        # Counted while the vocabularies are learned, which the tokenizer waits for anyway.
+        total = split_pairs | "CountPairs" >> beam.combiners.Count.Globally()
         return (
             split_pairs
             # The whole corpus waits here for the vocabularies; packed, it takes half the memory.
             | "Pack" >> beam.MapTuple(_pack)
             | "Batch" >> beam.BatchElements(min_batch_size=_MIN_BATCH, max_batch_size=_MAX_BATCH)
-            | "Tokenize" >> beam.ParDo(_TokenizeBatchFn(), beam.pvalue.AsDict(self._vocabularies))
+            | "Tokenize"
+            >> beam.ParDo(
+                _TokenizeBatchFn(self._progress_seconds),
+                beam.pvalue.AsDict(self._vocabularies),
+                beam.pvalue.AsSingleton(total),
+            )
         )
 
 

@@ -225,7 +225,7 @@ def _metered(lines, spec: AlignedFilesInput, meter_args: tuple):
     files = [spec.source, spec.target]
     matches = filesystems.FileSystems.match(files)
     total = sum(metadata.size_in_bytes for match in matches for metadata in match.metadata_list)
-    meter = progress.ReadMeter(job, " + ".join(files), total, seconds)
+    meter = progress.Meter(job, " + ".join(files), total, seconds)
     by_line = not any(ranges.is_compressed(path) for path in files)
     read = 0
     for line in lines:
@@ -330,7 +330,7 @@ class _ReadTfdsShardFn(beam.DoFn):
         job_split = "" if job_split == HASH else job_split
         job, seconds = self._meter_args
         name = f"{TFDS_PREFIX}{self._spec.name}"
-        meter = progress.ReadMeter(job, name, self._total, seconds, progress.EXAMPLES)
+        meter = progress.Meter(job, name, self._total, seconds, progress.EXAMPLES)
         dataset = self._builder.as_dataset(split=f"{split}[{shard}shard]", shuffle_files=False)
         for index, example in enumerate(tfds.as_numpy(dataset)):
             fields = (example[source_key], example[target_key])

@@ -159,7 +159,9 @@ def build(
         | "LearnVocabularies" >> vocabulary.LearnVocabularies(config.vocab)
     )
     vocabulary_info = vocabularies | "WriteVocabularies" >> vocabulary.WriteVocabularies(layout)
-    tokenized = split_pairs | "TokenizePairs" >> encode.TokenizePairs(vocabularies)
+    tokenized = split_pairs | "TokenizePairs" >> encode.TokenizePairs(
+        vocabularies, config.progress_seconds
+    )
     kept, length_rejects = tokenized | "FilterLengths" >> encode.FilterLengths(
         config.max_length, config.max_length_ratio
     )

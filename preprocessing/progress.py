@@ -1,20 +1,22 @@
-"""What the job says while it runs: a line as each long stage starts and ends, read progress.
+"""What the job says while it runs: a line as each long stage starts and ends, counted progress.
 
 Beam leaves a launcher little to watch on the DirectRunner: its engine (FnApiRunner, Beam 2.77)
 runs the whole pipeline inside `Pipeline.run`, so the result, and with it the metrics, exists only
 once the job is over, and the engine's own stage logs are debug lines naming fused stages by
 internal ids. So the job reports from both sides:
 
-- Workers (every runner): the readers count what they read (`ReadMeter`: bytes of text files,
-  examples of a TFDS set) and log, at most every `seconds` per worker, how much of the input they
-  have read and in how long. On Dataflow, Flink or Spark these lines are in the workers' logs.
+- Workers (every runner): the readers count what they read (`Meter`: bytes of text files,
+  examples of a TFDS set), and the tokenizer the pairs it tokenized, and log, at most every
+  `seconds` per worker, how much they have done and in how long. On Dataflow, Flink or Spark
+  these lines are in the workers' logs.
 - The launching process (DirectRunner): `Reporter` times each fused stage the engine runs (it
   wraps `FnApiRunner._execute_bundle`, a private method: with another Beam it says so in the log
   and reports nothing), puts one line on the console as a long stage starts and ends and one
-  while it runs, and turns the readers' lines into one line for the whole input with an ETA.
+  while it runs, and turns the workers' counts into one line for the whole input (or all the
+  pairs) with an ETA.
   Worker processes (`--direct_running_mode=multi_processing`) send their log records to this
   process, where Beam logs each one as a `Worker: <LogEntry>` line; the reporter passes on those
-  from this project's code (read progress, warnings) as plain lines, once.
+  from this project's code (counted progress, warnings) as plain lines, once.
 
 Every stage, short ones too, is in the log file; the console gets at most one progress line per
 `seconds`. Nothing here can fail the job: a report that cannot be made is left out.
@@ -36,11 +38,17 @@ from pipeline import console
 # The engine's logger for log records sent by worker processes (Beam 2.77).
 WORKER_LOG_RELAY = "apache_beam.runners.portability.local_job_service"
 _WORKER_PREFIX = "Worker: "
-_READ_FORMAT = "Read progress: worker %d has read %d of %d %s of %s in %.1f s."
-_READ_PATTERN = re.compile(
-    r"Read progress: worker (\d+) has read (\d+) of (\d+) (bytes|examples) of (.+) in ([\d.]+) s\.$"
+# A worker's count of its work: "Read progress: worker 12 has read 512 of 1024 bytes of a.tsv in
+# 2.0 s." (and "Tokenize progress: ... has tokenized ... pairs of ..."), one format for every kind.
+_WORK_FORMAT = "%s progress: worker %d has %s %d of %d %s of %s in %.1f s."
+_WORK_PATTERN = re.compile(
+    r"(\w+) progress: worker (\d+) has (\w+) (\d+) of (\d+) (\w+) of (.+) in ([\d.]+) s\.$"
 )
-BYTES, EXAMPLES = "bytes", "examples"
+# What the work is called in each place: (line prefix, past tense, the console's present).
+READ = ("Read", "read", "Reading")
+TOKENIZE = ("Tokenize", "tokenized", "Tokenizing")
+_ACTIONS = {action[0]: action for action in (READ, TOKENIZE)}
+BYTES, EXAMPLES, PAIRS = "bytes", "examples", "pairs"
 # Least seconds between two progress lines, by default (`--progress_seconds`).
 DEFAULT_SECONDS = 30.0
 # Stages shorter than this are in the log file only.
@@ -63,80 +71,107 @@ def size(nbytes: float) -> str:
     return f"{nbytes / 2**10:.0f} kB" if nbytes >= 2**10 else f"{nbytes:.0f} B"
 
 
-class _WorkerReads:
-    """What this process has read of one input in one job, summed over its readers."""
+class _WorkerCount:
+    """What this process has done of one piece of work in one job, summed over its meters."""
 
     def __init__(self, seconds: float):
-        self.bytes = 0
+        self.done = 0
         self.started = time.monotonic()
         self.throttle = console.Throttle(seconds)
 
 
-_reads: dict[tuple[str, str], _WorkerReads] = {}
-_reads_lock = threading.Lock()
+_counts: dict[tuple[str, str], _WorkerCount] = {}
+_counts_lock = threading.Lock()
 
 
-class ReadMeter:
-    """Counts what one reader reads (`unit`: bytes or examples); logs its worker's total at most
-    every `seconds`.
+class Meter:
+    """Counts one worker's share of a piece of work of known size (an input's bytes or examples,
+    the job's pairs); logs the worker's total at most every `seconds`.
 
-    A worker reads many ranges and files of an input, one after another or in threads; their
-    counts add up per process (and per job, named by `job`, as tests run jobs in one process).
-    A compressed file counts its size on disk once read, as its total does.
+    A worker reads many ranges and files of an input, or tokenizes many batches, one after
+    another or in threads; their counts add up per process (and per job, named by `job`, as
+    tests run jobs in one process). A compressed file counts its size on disk once read, as its
+    total does.
     """
 
-    _FLUSH_EVERY = 1024  # lines: the count is shared under a lock, so not every line
+    _FLUSH_EVERY = 1024  # adds: the count is shared under a lock, so not every line
 
-    def __init__(self, job: str, input_name: str, total: int, seconds: float, unit: str = BYTES):
-        self._input = input_name
+    def __init__(
+        self,
+        job: str,
+        name: str,
+        total: int,
+        seconds: float,
+        unit: str = BYTES,
+        action: tuple[str, str, str] = READ,
+    ):
+        self._name = name
         self._total = total
         self._unit = unit
-        with _reads_lock:
-            self._reads = _reads.setdefault((job, input_name), _WorkerReads(seconds))
+        self._action = action
+        with _counts_lock:
+            self._count = _counts.setdefault((job, name), _WorkerCount(seconds))
         self._pending = 0
-        self._lines = 0
+        self._adds = 0
 
-    def add(self, nbytes: int) -> None:
-        self._pending += nbytes
-        self._lines += 1
-        if self._lines % self._FLUSH_EVERY == 0:
+    def add(self, amount: int) -> None:
+        self._pending += amount
+        self._adds += 1
+        if self._adds % self._FLUSH_EVERY == 0:
             self.flush()
 
     def flush(self) -> None:
-        with _reads_lock:
-            reads = self._reads
-            reads.bytes += self._pending
+        with _counts_lock:
+            count = self._count
+            count.done += self._pending
             self._pending = 0
-            if not reads.throttle.ready():
+            if not count.throttle.ready():
                 return
-            read, seconds = reads.bytes, time.monotonic() - reads.started
-        _LOG.info(_READ_FORMAT, os.getpid(), read, self._total, self._unit, self._input, seconds)
+            done, seconds = count.done, time.monotonic() - count.started
+        prefix, past, _ = self._action
+        _LOG.info(
+            _WORK_FORMAT,
+            prefix,
+            os.getpid(),
+            past,
+            done,
+            self._total,
+            self._unit,
+            self._name,
+            seconds,
+        )
 
 
-class _ReadProgress:
-    """The readers' per-worker counts -> one line per input: read, of what, time left."""
+class _WorkProgress:
+    """The workers' counts -> one line per piece of work: how much is done, of what, time left."""
 
     def __init__(self, throttle: console.Throttle):
         self._throttle = throttle
-        self._workers: dict[str, dict[int, tuple[int, float]]] = {}
-        self._totals: dict[str, int] = {}
+        self._workers: dict[tuple[str, str], dict[int, tuple[int, float]]] = {}
 
     def update(
-        self, worker: int, read: int, total: int, input_name: str, seconds: float, unit=BYTES
+        self,
+        worker: int,
+        done: int,
+        total: int,
+        name: str,
+        seconds: float,
+        unit: str = BYTES,
+        action: tuple[str, str, str] = READ,
     ):
-        workers = self._workers.setdefault(input_name, {})
-        workers[worker] = (read, seconds)
-        self._totals[input_name] = total
+        workers = self._workers.setdefault((action[0], name), {})
+        workers[worker] = (done, seconds)
         if not self._throttle.ready():
             return
-        read = sum(done for done, _ in workers.values())
-        rate = sum(done / took for done, took in workers.values() if took > 0)
-        left = f", {console.time_left(total - read, rate)}" if rate and read < total else ""
+        done = sum(count for count, _ in workers.values())
+        rate = sum(count / took for count, took in workers.values() if took > 0)
+        left = f", {console.time_left(total - done, rate)}" if rate and done < total else ""
         _LOG.info(
-            "Reading %s: %s (%.0f%%)%s",
-            input_name,
-            read_of(read, total, unit),
-            100.0 * read / max(total, 1),
+            "%s %s: %s (%.0f%%)%s",
+            action[2],
+            name,
+            read_of(done, total, unit),
+            100.0 * done / max(total, 1),
             left,
         )
 
@@ -146,7 +181,7 @@ class _Stage:
         self.number, self.count, self.steps = number, count, steps
         self.started = time.monotonic()
         self.announced = False
-        self.reads = False  # whether readers report progress (then that is its progress line)
+        self.counted = False  # whether workers count its progress (then that is its line)
 
     def label(self) -> str:
         return f"Stage {self.number}/{self.count} ({self.steps})"
@@ -169,7 +204,7 @@ def stage_steps(stage, most: int = 3) -> str:
 
 
 class Reporter:
-    """Reports the stages the DirectRunner's engine runs and the readers' progress.
+    """Reports the stages the DirectRunner's engine runs and the workers' counted progress.
 
     Use as a context manager around the pipeline's run, in the launching process. Stages that
     run `announce_after` seconds or more get a console line as they start (once they have run
@@ -181,7 +216,7 @@ class Reporter:
         self._seconds = seconds
         self._announce_after = min(announce_after, seconds)
         self._throttle = console.Throttle(seconds)
-        self._reads = _ReadProgress(self._throttle)
+        self._work = _WorkProgress(self._throttle)
         self._lock = threading.RLock()  # held while logging, and the filter takes it too
         self._stage: _Stage | None = None
         self._numbers: dict[str, int] = {}
@@ -263,7 +298,7 @@ class Reporter:
                     self._announce(stage)
                 elif (
                     stage.announced
-                    and not stage.reads
+                    and not stage.counted
                     and self._age(stage) >= self._seconds
                     and self._throttle.ready()
                 ):
@@ -272,11 +307,11 @@ class Reporter:
                     )
 
     def _filter(self, record: logging.LogRecord) -> bool:
-        """Takes in read progress; passes on this project's worker records as plain lines."""
+        """Takes in counted progress; passes on this project's worker records as plain lines."""
         try:
             if record.name == WORKER_LOG_RELAY:
                 return self._relay(record)
-            return not self._took_read_progress(record.getMessage())
+            return not self._took_work_progress(record.getMessage())
         except Exception:  # noqa: BLE001  (a report that cannot be made is left out)
             return True
 
@@ -289,7 +324,7 @@ class Reporter:
         if entry is None or not console.is_own_code(path):
             # What Beam itself logged before: the workers' warnings and errors, to the log file.
             return record.levelno >= logging.WARNING
-        if not self._took_read_progress(entry.message):
+        if not self._took_work_progress(entry.message):
             # As if logged here, where it was written (the log file names that file and line).
             text = f"{entry.message}\n{entry.trace}" if entry.trace else entry.message
             own = logging.LogRecord(
@@ -298,15 +333,17 @@ class Reporter:
             _LOG.handle(own)
         return False
 
-    def _took_read_progress(self, message: str) -> bool:
-        match = _READ_PATTERN.match(message)
-        if not match:
+    def _took_work_progress(self, message: str) -> bool:
+        match = _WORK_PATTERN.match(message)
+        if not match or match.group(1) not in _ACTIONS:
             return False
-        worker, read, total, unit, input_name, seconds = match.groups()
+        prefix, worker, _, done, total, unit, name, seconds = match.groups()
         with self._lock:  # the throttle is shared with the stage watcher's thread
             if self._stage is not None:
-                self._stage.reads = True  # no "running for" lines to crowd these out
-            self._reads.update(int(worker), int(read), int(total), input_name, float(seconds), unit)
+                self._stage.counted = True  # no "running for" lines to crowd these out
+            self._work.update(
+                int(worker), int(done), int(total), name, float(seconds), unit, _ACTIONS[prefix]
+            )
         return True
 
 

@@ -115,7 +115,7 @@ def _size(metadata: filesystem.FileMetadata) -> int:
 def _numbered_lines(piece: Range, line_starts: dict, meter_args: tuple, total_bytes: int):
     lines_before = sum(line_starts[piece.path, index] for index in range(piece.index))
     job, input_name, seconds = meter_args
-    meter = progress.ReadMeter(job, input_name, total_bytes, seconds)
+    meter = progress.Meter(job, input_name, total_bytes, seconds)
     # A compressed file's lines are longer than its bytes on disk: it counts its size once read.
     by_line = not is_compressed(piece.path)
     count = 0
@@ -136,7 +136,7 @@ class ReadLines(beam.PTransform):
     Lines are (path, line number, line with its line ending); line counts are (path, lines read)
     per range, as the reader saw them. A large uncompressed file is read in ranges on many
     workers. Each worker logs how much of the input (`name`, every file it matched) it has read,
-    at most every `progress_seconds` (`progress.ReadMeter`).
+    at most every `progress_seconds` (`progress.Meter`).
     """
 
     def __init__(

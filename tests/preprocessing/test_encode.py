@@ -1,5 +1,8 @@
 """Tokenization with the shared tokenizer, piece-length filters and the one record format."""
 
+import logging
+import re
+
 import apache_beam as beam
 import pytest
 import tensorflow as tf
@@ -7,7 +10,7 @@ from apache_beam.testing import test_pipeline, util
 
 from pipeline import features, text
 from pipeline import vocab as vocab_lib
-from preprocessing import encode, records, vocabulary
+from preprocessing import encode, progress, records, vocabulary
 
 _VOCABULARY = vocabulary.learn_vocabulary(
     vocabulary.count_words(["Open the file.", "Open the file.", "Hello there"]),
@@ -19,7 +22,7 @@ def _tokenized(source_ids, target_ids, split="train"):
     return records.TokenizedPair(split, source_ids, target_ids, records.Pair("s", "t", "f:1", b"r"))
 
 
-def test_tokenize_pairs_matches_the_trainers_tokenizer():
+def test_tokenize_pairs_matches_the_trainers_tokenizer(caplog):
     sentences = ["Open the file.", "Hello there", "zz"]
     tokenizer = text.SubwordTokenizer(_VOCABULARY)
     learned = vocabulary.Learned(_VOCABULARY, seconds=0.1, words=5, distinct_words=5)
@@ -28,9 +31,10 @@ def test_tokenize_pairs_matches_the_trainers_tokenizer():
         (split, records.Pair(s, s, f"f:{i}", b""))
         for i, (split, s) in enumerate(zip(["train", "dev", "test"], sentences, strict=True))
     ]
+    caplog.set_level(logging.INFO)
     with test_pipeline.TestPipeline() as p:
         vocabs = p | "Vocabs" >> beam.Create([("source", learned), ("target", learned)])
-        tokenized = p | beam.Create(pairs) | encode.TokenizePairs(vocabs)
+        tokenized = p | beam.Create(pairs) | encode.TokenizePairs(vocabs, progress_seconds=0)
         util.assert_that(
             tokenized,
             util.equal_to(
@@ -40,6 +44,12 @@ def test_tokenize_pairs_matches_the_trainers_tokenizer():
                 ]
             ),
         )
+    # The tokenizer counts its pairs against the job's number of pairs.
+    counts = [r.getMessage() for r in caplog.records if r.name == progress.__name__]
+    assert re.fullmatch(
+        r"Tokenize progress: worker \d+ has tokenized 3 of 3 pairs of sentence pairs in .*",
+        counts[-1],
+    )
     pieces = [p.decode() for p in tokenizer.ids_to_pieces(expected_ids[0]).numpy()]
     assert "".join(pieces).replace(text.SPACE_MARK, " ").strip() == "Open the file."
     assert vocab_lib.UNK_ID in expected_ids[2]

@@ -107,10 +107,14 @@ def test_progress_lines_name_each_stage_once_start_then_end_in_order(
     assert "WriteMetadata" in steps[-1]
     for step in ("ReadInputs", "CleanPairs", "LearnVocabularies", "TokenizePairs", "WriteFiles"):
         assert any(step in stage for stage in steps), step
-    # The gzip input is read whole, and counted once read; the aligned files are not counted.
+    # The gzip input is read whole, and counted once read; the aligned files as they are read.
     reads = [m for m in messages if m.startswith("Reading ")]
-    assert reads and all(m.startswith(f"Reading {dirty_corpus['tsv']}: ") for m in reads)
-    assert "(100%)" in reads[-1]
+    aligned = f"{dirty_corpus['source']} + {dirty_corpus['target']}"
+    for name in (dirty_corpus["tsv"], aligned):
+        lines = [m for m in reads if m.startswith(f"Reading {name}: ")]
+        assert lines and "(100%)" in lines[-1], name
+    tokenized = [m for m in messages if m.startswith("Tokenizing sentence pairs: ")]
+    assert tokenized and "(100%)" in tokenized[-1]
 
 
 def test_output_layout_and_metadata_follow_the_contract(dirty_run):
@@ -373,6 +377,10 @@ def test_two_workers_reading_forced_ranges_account_for_every_line(tmp_path, capl
     # The worker processes' read counts reach this process and add up to the whole file.
     reads = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Reading ")]
     assert reads and reads[-1].startswith(f"Reading {corpus}: ") and "(100%)" in reads[-1]
+    # So do their counts of tokenized pairs, against the number of unique pairs.
+    tokenized = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Tokenizing ")]
+    assert tokenized and tokenized[-1].startswith("Tokenizing sentence pairs: ")
+    assert "(100%)" in tokenized[-1]
     layout = paths.DatasetLayout(output_dir)
     metadata = metadata_lib.read_metadata(layout)
     assert metadata["counts"]["read"] == len(lines)

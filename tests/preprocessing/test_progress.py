@@ -30,7 +30,7 @@ def _messages(caplog) -> list[str]:
 
 def test_read_progress_sums_the_workers_and_prints_one_line_per_interval(caplog):
     clock = _Clock()
-    reads = progress._ReadProgress(console.Throttle(30, clock))
+    reads = progress._WorkProgress(console.Throttle(30, clock))
     caplog.set_level(logging.INFO)
     for second in range(1, 61):  # Two workers report every second for a minute.
         clock.now = second
@@ -45,12 +45,28 @@ def test_read_progress_sums_the_workers_and_prints_one_line_per_interval(caplog)
 
 def test_read_progress_of_examples_counts_them_not_bytes(caplog):
     clock = _Clock()
-    reads = progress._ReadProgress(console.Throttle(30, clock))
+    reads = progress._WorkProgress(console.Throttle(30, clock))
     caplog.set_level(logging.INFO)
     clock.now = 30
     reads.update(1, 5000, 20000, "tfds:wmt14_translate/de-en", 10.0, progress.EXAMPLES)
     assert _messages(caplog) == [
         "Reading tfds:wmt14_translate/de-en: 5,000 of 20,000 examples (25%), about 30 s left"
+    ]
+
+
+def test_tokenize_progress_sums_the_workers_under_its_own_name(caplog):
+    clock = _Clock()
+    work = progress._WorkProgress(console.Throttle(30, clock))
+    caplog.set_level(logging.INFO)
+    clock.now = 30
+    pairs = ("sentence pairs", 10.0, progress.PAIRS, progress.TOKENIZE)
+    work.update(1, 9000, 40000, *pairs)
+    work.update(2, 1000, 40000, *pairs)  # the throttle let the first one out
+    clock.now = 60
+    work.update(1, 12000, 40000, *pairs)  # 12,000 + 1,000 at 1,200 + 100 pairs/s
+    assert _messages(caplog) == [
+        "Tokenizing sentence pairs: 9,000 of 40,000 pairs (22%), about 34 s left",
+        "Tokenizing sentence pairs: 13,000 of 40,000 pairs (32%), about 21 s left",
     ]
 
 
@@ -165,7 +181,7 @@ def test_a_long_stage_says_how_long_it_has_run_at_most_once_per_interval(caplog)
 
 def _read_slowly(element, reports):
     """Reports reading 10 bytes every 0.9 s, `reports` times: sparse, as workers' reports are."""
-    meter = progress.ReadMeter("test-job", "corpus.tsv", 10 * reports, 0)
+    meter = progress.Meter("test-job", "corpus.tsv", 10 * reports, 0)
     for _ in range(reports):
         time.sleep(0.9)
         meter.add(10)
