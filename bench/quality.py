@@ -13,13 +13,13 @@ reference prefixes meeting its own) should show most there.
 `--matrix` runs every config of `MATRIX` (teacher forcing, both scheduled-sampling modes under
 two schedules, weight normalisation) with each of `--seeds`, each run in its own process, and
 prints per-run rows and, per config and mark, the mean and standard deviation over seeds and the
-mean difference from teacher forcing. Runs already in `bench/results/<name>/` are reused, so an
-interrupted matrix continues where it stopped, and a step mark a saved run lacks is trained for
-and merged into it. Step marks count steps, not time, so they stay valid on a busy machine;
-minute marks need the machine to itself. Run it alone for time marks. `--equal_time` compares
-at equal training time with step marks: a sampling mode measured at, say, 0.86x teacher
-forcing's tokens/s (`bench/train.py`) is also scored at 0.86 times each mark, the steps it makes
-while teacher forcing makes the mark's.
+mean difference from teacher forcing on the same seeds. Runs already in `bench/results/<name>/`
+are reused, so an interrupted matrix continues where it stopped, and a step mark a saved run
+lacks is trained for and merged into it. Step marks count steps, not time, so they stay valid
+on a busy machine; minute marks need the machine to itself. Run it alone for time marks.
+`--equal_time` compares at equal training time with step marks: a sampling mode measured at,
+say, 0.86x teacher forcing's tokens/s (`bench/train.py`) is also scored at 0.86 times each
+mark, the steps it makes while teacher forcing makes the mark's.
 
   .venv/bin/python bench/quality.py --minutes 5,10,20 [--params_override ...]
   .venv/bin/python bench/quality.py --steps 1400,3000 --params_override train.seed=2
@@ -252,10 +252,10 @@ def ensure_run(args, name: str, seed: int, path: str, wanted: list[float], by_st
 
 
 def summarise(runs: list[dict], marks: list[float], by_steps: bool, speeds: dict) -> list[dict]:
-    """Per config, basis and mark: mean and sd over seeds, and the mean minus teacher forcing's
-    at the same mark. Basis "steps": the config at the mark's step; "time": the config at the
-    steps it makes in teacher forcing's time for the mark (its `--equal_time` ratio), or, with
-    minute marks, at the mark's minutes."""
+    """Per config, basis and mark: mean and sd over seeds, and the mean difference from teacher
+    forcing at the same mark over the seeds both have. Basis "steps": the config at the mark's
+    step; "time": the config at the steps it makes in teacher forcing's time for the mark (its
+    `--equal_time` ratio), or, with minute marks, at the mark's minutes."""
     cells: dict = {}
     for run in runs:
         ratio = speeds.get(sampling_mode(run["config"])) if by_steps else None
@@ -268,19 +268,21 @@ def summarise(runs: list[dict], marks: list[float], by_steps: bool, speeds: dict
                 if ratio:
                     keys += [("time", m) for m in marks if row["step"] == round(m * ratio)]
             for basis, mark in keys:
-                cells.setdefault((run["config"], basis, mark), []).append(row)
+                cells.setdefault((run["config"], basis, mark), {})[run["seed"]] = row
     summary = []
     for (config, basis, mark), cell in cells.items():
-        forced = cells.get(("teacher_forcing", "steps" if by_steps else "time", mark))
-        line = {"config": config, "basis": basis, "mark": mark, "step": cell[0]["step"]}
-        line["seeds"] = len(cell)
+        forced = cells.get(("teacher_forcing", "steps" if by_steps else "time", mark), {})
+        paired = sorted(set(cell) & set(forced))
+        line = {"config": config, "basis": basis, "mark": mark}
+        line["step"] = next(iter(cell.values()))["step"]
+        line["seeds"] = ",".join(str(seed) for seed in sorted(cell))
         for metric in METRICS:
-            values = [r[metric] for r in cell]
+            values = [row[metric] for row in cell.values()]
             line[f"{metric}_mean"] = round(statistics.mean(values), 2)
             line[f"{metric}_sd"] = round(statistics.stdev(values), 2) if len(values) > 1 else "-"
             line[f"{metric}_vs_forced"] = (
-                round(statistics.mean(values) - statistics.mean(r[metric] for r in forced), 2)
-                if forced
+                round(statistics.mean(cell[s][metric] - forced[s][metric] for s in paired), 2)
+                if paired
                 else "-"
             )
         summary.append(line)
