@@ -56,11 +56,11 @@ ANNOUNCE_AFTER_SECONDS = 5.0
 _LOG = logging.getLogger(__name__)
 
 
-def read_of(read: float, total: float, unit: str) -> str:
+def done_of(done: float, total: float, unit: str) -> str:
     """'12.5 MB of 3.1 GB' for bytes, '5,000 of 12,345 examples' otherwise."""
     if unit == BYTES:
-        return f"{size(read)} of {size(total)}"
-    return f"{read:,.0f} of {total:,.0f} {unit}"
+        return f"{size(done)} of {size(total)}"
+    return f"{done:,.0f} of {total:,.0f} {unit}"
 
 
 def size(nbytes: float) -> str:
@@ -170,7 +170,7 @@ class _WorkProgress:
             "%s %s: %s (%.0f%%)%s",
             action[2],
             name,
-            read_of(done, total, unit),
+            done_of(done, total, unit),
             100.0 * done / max(total, 1),
             left,
         )
