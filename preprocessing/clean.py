@@ -10,7 +10,7 @@ import hashlib
 import apache_beam as beam
 
 from pipeline import text
-from preprocessing import packed, records
+from preprocessing import packed, progress, records
 
 REJECTED = "rejected"
 
@@ -49,26 +49,58 @@ def clean_line(line: records.Line, max_chars: int, reverse: bool) -> records.Pai
     return records.Pair(source, target, line.origin, line.raw, line.split)
 
 
-def _clean(line, max_chars, reverse):
-    result = clean_line(line, max_chars, reverse)
-    if isinstance(result, records.Reject):
-        yield beam.pvalue.TaggedOutput(REJECTED, result)
-    else:
-        yield result
+class _CleanFn(beam.DoFn):
+    """`Line` -> `Pair` or, tagged, `Reject`; counts lines against the lines read."""
+
+    def __init__(self, max_chars: int, reverse: bool, progress_seconds: float):
+        self._max_chars = max_chars
+        self._reverse = reverse
+        self._meter = progress.LazyMeter(
+            "input lines", progress_seconds, progress.LINES, progress.CLEAN
+        )
+
+    def process(self, line, total: int | None = None):
+        if total is not None:
+            self._meter.add(1, total)
+        result = clean_line(line, self._max_chars, self._reverse)
+        if isinstance(result, records.Reject):
+            yield beam.pvalue.TaggedOutput(REJECTED, result)
+        else:
+            yield result
+
+    def finish_bundle(self):
+        self._meter.flush()
 
 
 class CleanPairs(beam.PTransform):
-    """`Line`s -> (`Pair`s, `Reject`s)."""
+    """`Line`s -> (`Pair`s, `Reject`s).
 
-    def __init__(self, max_chars: int, reverse: bool = False):
+    Workers log how many lines they have cleaned, at most every `progress_seconds`, against the
+    lines read: the sum of `read_counts`, the readers' (input, count) reports.
+    """
+
+    def __init__(
+        self,
+        max_chars: int,
+        reverse: bool = False,
+        read_counts: beam.PCollection | None = None,
+        progress_seconds: float = progress.DEFAULT_SECONDS,
+    ):
         super().__init__()
         self._max_chars = max_chars
         self._reverse = reverse
+        self._read_counts = read_counts
+        self._progress_seconds = progress_seconds
 
     def expand(self, lines):
-        outputs = lines | "Clean" >> beam.FlatMap(
-            _clean, self._max_chars, self._reverse
-        ).with_outputs(REJECTED, main="pairs")
+        clean = _CleanFn(self._max_chars, self._reverse, self._progress_seconds)
+        side_inputs = []
+        if self._read_counts is not None:  # else nothing to count against: no progress lines
+            total = self._read_counts | "Total" >> beam.Values() | beam.CombineGlobally(sum)
+            side_inputs.append(beam.pvalue.AsSingleton(total))
+        outputs = lines | "Clean" >> beam.ParDo(clean, *side_inputs).with_outputs(
+            REJECTED, main="pairs"
+        )
         return outputs.pairs, outputs[REJECTED]
 
 
@@ -96,14 +128,27 @@ def _keyed_by_pair(pair):
     return dedup_key(pair), packed.pack_pair(pair)
 
 
-def _keep_first(key_and_packed_pairs):
-    _, packed_pairs = key_and_packed_pairs
-    first, *others = sorted(map(packed.unpack_pair, packed_pairs), key=_keep_order)
-    yield first
-    for pair in others:
-        yield beam.pvalue.TaggedOutput(
-            REJECTED, records.Reject(records.DUPLICATE, pair.origin, pair.raw)
+class _KeepFirstFn(beam.DoFn):
+    """(key, packed copies) -> the copy kept, and the others tagged as `Reject`s; counts the
+    copies against all pairs."""
+
+    def __init__(self, progress_seconds: float):
+        self._meter = progress.LazyMeter(
+            "sentence pairs", progress_seconds, progress.PAIRS, progress.DEDUPLICATE
         )
+
+    def process(self, key_and_packed_pairs, total: int):
+        _, packed_pairs = key_and_packed_pairs
+        first, *others = sorted(map(packed.unpack_pair, packed_pairs), key=_keep_order)
+        self._meter.add(1 + len(others), total)
+        yield first
+        for pair in others:
+            yield beam.pvalue.TaggedOutput(
+                REJECTED, records.Reject(records.DUPLICATE, pair.origin, pair.raw)
+            )
+
+    def finish_bundle(self):
+        self._meter.flush()
 
 
 class DropDuplicates(beam.PTransform):
@@ -111,15 +156,24 @@ class DropDuplicates(beam.PTransform):
 
     The occurrence kept is one in a test, then dev split an input assigned, else the first by
     origin, so the result does not depend on the runner's ordering; the others go to the
-    rejects file pointing at their own lines.
+    rejects file pointing at their own lines. Workers log how many pairs they have compared,
+    at most every `progress_seconds`, against all pairs (counted while they are grouped).
     """
 
+    def __init__(self, progress_seconds: float = progress.DEFAULT_SECONDS):
+        super().__init__()
+        self._progress_seconds = progress_seconds
+
     def expand(self, pairs):
+        total = pairs | "CountPairs" >> beam.combiners.Count.Globally()
         outputs = (
             pairs
             # Every pair waits in this shuffle at once; packed, it is one small value each.
             | "KeyByPair" >> beam.Map(_keyed_by_pair)
             | "Group" >> beam.GroupByKey()
-            | "KeepFirst" >> beam.FlatMap(_keep_first).with_outputs(REJECTED, main="unique")
+            | "KeepFirst"
+            >> beam.ParDo(
+                _KeepFirstFn(self._progress_seconds), beam.pvalue.AsSingleton(total)
+            ).with_outputs(REJECTED, main="unique")
         )
         return outputs.unique, outputs[REJECTED]

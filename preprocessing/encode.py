@@ -5,8 +5,6 @@ model run in-graph, so training ids and serving ids cannot drift apart. Length l
 pieces, the unit the model pays for.
 """
 
-import uuid
-
 import apache_beam as beam
 import tensorflow as tf
 
@@ -33,18 +31,9 @@ class _TokenizeBatchFn(beam.DoFn):
 
     def __init__(self, progress_seconds: float):
         self._tokenizers = {}
-        # Names this job's count in the worker (a process may run several jobs, as tests do).
-        self._meter_args = (uuid.uuid4().hex, progress_seconds)
-        self._meter = None
-
-    def _metered(self, count: int, total: int) -> None:
-        if self._meter is None:
-            job, seconds = self._meter_args
-            self._meter = progress.Meter(
-                job, "sentence pairs", total, seconds, progress.PAIRS, progress.TOKENIZE
-            )
-        self._meter.add(count)
-        self._meter.flush()
+        self._meter = progress.LazyMeter(
+            "sentence pairs", progress_seconds, progress.PAIRS, progress.TOKENIZE
+        )
 
     def _tokenizer(self, learned: vocabulary.Learned) -> text.SubwordTokenizer:
         key = vocab_lib.fingerprint(learned.vocabulary)
@@ -65,7 +54,8 @@ class _TokenizeBatchFn(beam.DoFn):
             batch, source_ids.to_list(), target_ids.to_list(), strict=True
         ):
             yield records.TokenizedPair(split, source, target, pair)
-        self._metered(len(batch), total)
+        self._meter.add(len(batch), total)
+        self._meter.flush()
 
 
 class TokenizePairs(beam.PTransform):

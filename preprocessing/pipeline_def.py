@@ -147,8 +147,10 @@ def build(
     lines, read_counts = pipeline | "ReadInputs" >> io.ReadInputs(
         list(config.inputs), config.input_range_bytes, config.progress_seconds
     )
-    pairs, malformed = lines | "CleanPairs" >> clean.CleanPairs(config.max_chars, config.reverse)
-    unique, duplicates = pairs | "DropDuplicates" >> clean.DropDuplicates()
+    pairs, malformed = lines | "CleanPairs" >> clean.CleanPairs(
+        config.max_chars, config.reverse, read_counts, config.progress_seconds
+    )
+    unique, duplicates = pairs | "DropDuplicates" >> clean.DropDuplicates(config.progress_seconds)
     split_pairs = unique | "AssignSplits" >> split.AssignSplits(
         config.dev_fraction, config.test_fraction
     )

@@ -28,6 +28,7 @@ import os
 import re
 import threading
 import time
+import uuid
 
 from apache_beam.portability.api import beam_fn_api_pb2
 from apache_beam.runners.portability.fn_api_runner import fn_runner
@@ -46,9 +47,11 @@ _WORK_PATTERN = re.compile(
 )
 # What the work is called in each place: (line prefix, past tense, the console's present).
 READ = ("Read", "read", "Reading")
+CLEAN = ("Clean", "cleaned", "Cleaning")
+DEDUPLICATE = ("Deduplicate", "deduplicated", "Deduplicating")
 TOKENIZE = ("Tokenize", "tokenized", "Tokenizing")
-_ACTIONS = {action[0]: action for action in (READ, TOKENIZE)}
-BYTES, EXAMPLES, PAIRS = "bytes", "examples", "pairs"
+_ACTIONS = {action[0]: action for action in (READ, CLEAN, DEDUPLICATE, TOKENIZE)}
+BYTES, EXAMPLES, LINES, PAIRS = "bytes", "examples", "lines", "pairs"
 # Least seconds between two progress lines, by default (`--progress_seconds`).
 DEFAULT_SECONDS = 30.0
 # Stages shorter than this are in the log file only.
@@ -140,6 +143,25 @@ class Meter:
             self._name,
             seconds,
         )
+
+
+class LazyMeter:
+    """A `Meter` for a DoFn that learns its total from a side input: made on first use, in the
+    worker, and named when the pipeline is built (so one job's workers share one count)."""
+
+    def __init__(self, name: str, seconds: float, unit: str, action: tuple[str, str, str]):
+        self._args = (uuid.uuid4().hex, name, seconds, unit, action)
+        self._meter = None
+
+    def add(self, amount: int, total: int) -> None:
+        if self._meter is None:
+            job, name, seconds, unit, action = self._args
+            self._meter = Meter(job, name, total, seconds, unit, action)
+        self._meter.add(amount)
+
+    def flush(self) -> None:
+        if self._meter is not None:
+            self._meter.flush()
 
 
 class _WorkProgress:

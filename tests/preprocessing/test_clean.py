@@ -1,10 +1,13 @@
 """Cleaning: one named reason per bad record, normalised text, duplicates dropped in order."""
 
+import logging
+import re
+
 import apache_beam as beam
 import pytest
 from apache_beam.testing import test_pipeline, util
 
-from preprocessing import clean, records
+from preprocessing import clean, progress, records
 
 
 def _line(raw: bytes, origin="f.tsv:1", error=""):
@@ -44,10 +47,16 @@ def test_clean_line_reverse_swaps_sides():
     assert (pair.source, pair.target) == ("house", "Haus")
 
 
-def test_clean_pairs_splits_pairs_from_rejects():
+def _counted(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == progress.__name__]
+
+
+def test_clean_pairs_splits_pairs_from_rejects(caplog):
     lines = [_line(b"a\tb", "f:1"), _line(b"bad", "f:2"), _line(b"c\t ", "f:3")]
+    caplog.set_level(logging.INFO)
     with test_pipeline.TestPipeline() as p:
-        pairs, rejects = p | beam.Create(lines) | clean.CleanPairs(max_chars=100)
+        read_counts = p | "ReadCounts" >> beam.Create([("f", 2), ("f", 1)])
+        pairs, rejects = p | beam.Create(lines) | clean.CleanPairs(100, False, read_counts, 0)
         util.assert_that(pairs, util.equal_to([records.Pair("a", "b", "f:1", b"a\tb")]))
         util.assert_that(
             rejects,
@@ -59,17 +68,23 @@ def test_clean_pairs_splits_pairs_from_rejects():
             ),
             label="CheckRejects",
         )
+    # Every line cleaned is counted against the lines the readers reported.
+    assert re.fullmatch(
+        r"Clean progress: worker \d+ has cleaned 3 of 3 lines of input lines in .*",
+        _counted(caplog)[-1],
+    )
 
 
-def test_drop_duplicates_keeps_the_first_occurrence_by_line_number():
+def test_drop_duplicates_keeps_the_first_occurrence_by_line_number(caplog):
     pairs = [
         records.Pair("a", "b", "f:10", b"a\tb"),
         records.Pair("a", "b", "f:9", b"a \tb"),
         records.Pair("a", "c", "f:11", b"a\tc"),
         records.Pair("a", "b", "e:100", b"a\t b"),
     ]
+    caplog.set_level(logging.INFO)
     with test_pipeline.TestPipeline() as p:
-        unique, rejects = p | beam.Create(pairs) | clean.DropDuplicates()
+        unique, rejects = p | beam.Create(pairs) | clean.DropDuplicates(progress_seconds=0)
         util.assert_that(unique, util.equal_to([pairs[3], pairs[2]]))
         util.assert_that(
             rejects,
@@ -81,3 +96,8 @@ def test_drop_duplicates_keeps_the_first_occurrence_by_line_number():
             ),
             label="CheckRejects",
         )
+    # Every copy compared is counted against all pairs.
+    assert re.fullmatch(
+        r"Deduplicate progress: worker \d+ has deduplicated 4 of 4 pairs of sentence pairs in .*",
+        _counted(caplog)[-1],
+    )
