@@ -180,12 +180,14 @@ class _WorkProgress:
         seconds: float,
         unit: str = BYTES,
         action: tuple[str, str, str] = READ,
-    ):
+    ) -> bool:
+        """Takes one worker's count; logs the sum if the throttle allows. Returns whether the
+        work is all done."""
         workers = self._workers.setdefault((action[0], name), {})
         workers[worker] = (done, seconds)
-        if not self._throttle.ready():
-            return
         done = sum(count for count, _ in workers.values())
+        if not self._throttle.ready():
+            return done >= total
         rate = sum(count / took for count, took in workers.values() if took > 0)
         left = f", {console.time_left(total - done, rate)}" if rate and done < total else ""
         _LOG.info(
@@ -196,6 +198,7 @@ class _WorkProgress:
             100.0 * done / max(total, 1),
             left,
         )
+        return done >= total
 
 
 class _Stage:
@@ -361,11 +364,13 @@ class Reporter:
             return False
         prefix, worker, _, done, total, unit, name, seconds = match.groups()
         with self._lock:  # the throttle is shared with the stage watcher's thread
-            if self._stage is not None:
-                self._stage.counted = True  # no "running for" lines to crowd these out
-            self._work.update(
+            finished = self._work.update(
                 int(worker), int(done), int(total), name, float(seconds), unit, _ACTIONS[prefix]
             )
+            if self._stage is not None:
+                # While counted work goes on, no "running for" lines crowd its lines out; once
+                # it is done, the rest of the stage gets them again.
+                self._stage.counted = not finished
         return True
 
 

@@ -199,3 +199,30 @@ def test_a_reading_stage_shows_read_progress_instead_of_its_running_time(caplog)
     shown = _messages(caplog)
     reads = [m for m in shown if m.startswith("Reading corpus.tsv: ")]
     assert reads and not [m for m in shown if " running for " in m]
+
+
+def _read_then_work(element):
+    """Reports reading 10 of 30 bytes every 1.5 s, then works on for 2.5 s without counting."""
+    meter = progress.Meter("test-job-2", "corpus.tsv", 30, 0)
+    for _ in range(3):
+        time.sleep(1.5)
+        meter.add(10)
+        meter.flush()
+    time.sleep(2.5)
+    return element
+
+
+def test_a_stage_whose_counted_work_is_done_shows_its_running_time_again(caplog):
+    caplog.set_level(logging.INFO)
+    with (
+        progress.Reporter(seconds=1, announce_after=0.25),
+        beam.Pipeline(runner=fn_runner.FnApiRunner()) as pipeline,
+    ):
+        _ = pipeline | beam.Create([1]) | beam.Map(_read_then_work)
+    shown = _messages(caplog)
+    reads = [i for i, m in enumerate(shown) if m.startswith("Reading corpus.tsv: ")]
+    assert shown[reads[-1]] == "Reading corpus.tsv: 30 B of 30 B (100%)"
+    ticks = [i for i, m in enumerate(shown) if " running for " in m]
+    # None while the read is counted, and again once it is all read.
+    assert not [i for i in ticks if reads[0] < i < reads[-1]]
+    assert [i for i in ticks if i > reads[-1]]
