@@ -26,6 +26,7 @@ mark, the steps it makes while teacher forcing makes the mark's.
   .venv/bin/python bench/quality.py --matrix --steps 1400,3000 --seeds 1,2,3
   .venv/bin/python bench/quality.py --matrix --minutes 5,10 --seeds 1,2,3 --name quality_time
   .venv/bin/python bench/quality.py --matrix --steps 1400 --equal_time parallel=0.86,sequential=0.58
+  .venv/bin/python bench/quality.py --matrix --steps 1400 --equal_time parallel=0.86 --saved_only
 """
 
 import argparse
