@@ -17,7 +17,6 @@ import dataclasses
 import glob
 import itertools
 import logging
-import uuid
 
 import apache_beam as beam
 import tensorflow_datasets as tfds
@@ -212,28 +211,26 @@ class ReadTsv(beam.PTransform):
         return lines | "ToRecords" >> beam.Map(_tsv_line), counts
 
 
-def _read_aligned_files(spec: AlignedFilesInput, meter_args: tuple):
-    return _counted(_metered(_aligned_lines(spec), spec, meter_args))
+def _read_aligned_files(spec: AlignedFilesInput, meter: progress.LazyMeter):
+    return _counted(_metered(_aligned_lines(spec), spec, meter))
 
 
-def _metered(lines, spec: AlignedFilesInput, meter_args: tuple):
+def _metered(lines, spec: AlignedFilesInput, meter: progress.LazyMeter):
     """Passes `lines` through, counting their bytes as read progress of both files.
 
     Compressed files count their size on disk once read whole, as their total does.
     """
-    job, seconds = meter_args
     files = [spec.source, spec.target]
     matches = filesystems.FileSystems.match(files)
     total = sum(metadata.size_in_bytes for match in matches for metadata in match.metadata_list)
-    meter = progress.Meter(job, " + ".join(files), total, seconds)
     by_line = not any(ranges.is_compressed(path) for path in files)
     read = 0
     for line in lines:
         if by_line:  # both sides (one, past the shorter file) and about their line endings
-            meter.add(len(line.raw) + 1)
+            meter.add(len(line.raw) + 1, total)
             read += len(line.raw) + 1
         yield line
-    meter.add(max(total - read, 0))  # what lines missed (e.g. CRLF), or a compressed size
+    meter.add(max(total - read, 0), total)  # what lines missed (e.g. CRLF), or a compressed size
     meter.flush()
 
 
@@ -277,15 +274,15 @@ class ReadAlignedFiles(beam.PTransform):
     def __init__(self, spec: AlignedFilesInput, progress_seconds: float = progress.DEFAULT_SECONDS):
         super().__init__()
         self._spec = spec
-        # Names this read in the worker's counts (a process may run several jobs, as tests do).
-        self._meter_args = (uuid.uuid4().hex, progress_seconds)
+        name = f"{spec.source} + {spec.target}"
+        self._meter = progress.LazyMeter(name, progress_seconds, progress.BYTES, progress.READ)
 
     def expand(self, pbegin):
         outputs = (
             pbegin
             | "Files" >> beam.Create([self._spec])
             | "Lines"
-            >> beam.FlatMap(_read_aligned_files, self._meter_args).with_outputs(
+            >> beam.FlatMap(_read_aligned_files, self._meter).with_outputs(
                 READ_COUNTS, main="lines"
             )
         )
@@ -314,8 +311,9 @@ class _ReadTfdsShardFn(beam.DoFn):
     def __init__(self, spec: TfdsInput, total: int, progress_seconds: float):
         self._spec = spec
         self._total = total
-        # Names this read in the worker's counts (a process may run several jobs, as tests do).
-        self._meter_args = (uuid.uuid4().hex, progress_seconds)
+        self._meter = progress.LazyMeter(
+            f"{TFDS_PREFIX}{spec.name}", progress_seconds, progress.EXAMPLES, progress.READ
+        )
         self._builder = None
 
     def setup(self):
@@ -328,16 +326,13 @@ class _ReadTfdsShardFn(beam.DoFn):
         source_key, target_key = translation_keys(self._builder.info)
         job_split = self._spec.split_map()[split]
         job_split = "" if job_split == HASH else job_split
-        job, seconds = self._meter_args
-        name = f"{TFDS_PREFIX}{self._spec.name}"
-        meter = progress.Meter(job, name, self._total, seconds, progress.EXAMPLES)
         dataset = self._builder.as_dataset(split=f"{split}[{shard}shard]", shuffle_files=False)
         for index, example in enumerate(tfds.as_numpy(dataset)):
             fields = (example[source_key], example[target_key])
             origin = f"{TFDS_PREFIX}{self._spec.name}:{split}[{shard}shard]:{index}"
-            meter.add(1)
+            self._meter.add(1, self._total)
             yield records.Line(origin, b"\t".join(fields), fields, split=job_split)
-        meter.flush()
+        self._meter.flush()
 
 
 def tfds_splits_read(spec: TfdsInput, available: list[str]) -> list[str]:

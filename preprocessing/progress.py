@@ -146,8 +146,8 @@ class Meter:
 
 
 class LazyMeter:
-    """A `Meter` for a DoFn that learns its total from a side input: made on first use, in the
-    worker, and named when the pipeline is built (so one job's workers share one count)."""
+    """A `Meter` named when the pipeline is built (so one job's workers share one count) and
+    made on first use, in the worker, where its total is known (a side input, file sizes)."""
 
     def __init__(self, name: str, seconds: float, unit: str, action: tuple[str, str, str]):
         self._args = (uuid.uuid4().hex, name, seconds, unit, action)

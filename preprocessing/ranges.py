@@ -8,7 +8,6 @@ counts before it. Compressed files cannot be entered in the middle and are read 
 worker: give a large corpus as several compressed files, or uncompressed, to read it in parallel.
 """
 
-import uuid
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -112,20 +111,18 @@ def _size(metadata: filesystem.FileMetadata) -> int:
     return metadata.size_in_bytes
 
 
-def _numbered_lines(piece: Range, line_starts: dict, meter_args: tuple, total_bytes: int):
+def _numbered_lines(piece: Range, line_starts: dict, meter: progress.LazyMeter, total_bytes: int):
     lines_before = sum(line_starts[piece.path, index] for index in range(piece.index))
-    job, input_name, seconds = meter_args
-    meter = progress.Meter(job, input_name, total_bytes, seconds)
     # A compressed file's lines are longer than its bytes on disk: it counts its size once read.
     by_line = not is_compressed(piece.path)
     count = 0
     for number, line in read_lines(piece, lines_before + 1):
         count += 1
         if by_line:
-            meter.add(len(line))
+            meter.add(len(line), total_bytes)
         yield piece.path, number, line
     if not by_line:
-        meter.add(piece.size)
+        meter.add(piece.size, total_bytes)
     meter.flush()
     yield beam.pvalue.TaggedOutput(LINE_COUNTS, (piece.path, count))
 
@@ -149,8 +146,7 @@ class ReadLines(beam.PTransform):
         if range_bytes < 1:
             raise ValueError(f"range_bytes must be positive, got {range_bytes}.")
         self._range_bytes = range_bytes
-        # Names this read in the workers' counts (a process may run several jobs, as tests do).
-        self._meter_args = (uuid.uuid4().hex, name, progress_seconds)
+        self._meter = progress.LazyMeter(name, progress_seconds, progress.BYTES, progress.READ)
 
     def expand(self, files):
         pieces = files | "Plan" >> beam.FlatMap(plan, self._range_bytes)
@@ -163,7 +159,7 @@ class ReadLines(beam.PTransform):
             >> beam.FlatMap(
                 _numbered_lines,
                 beam.pvalue.AsDict(line_starts),
-                self._meter_args,
+                self._meter,
                 beam.pvalue.AsSingleton(total_bytes),
             ).with_outputs(LINE_COUNTS, main="lines")
         )
