@@ -183,8 +183,8 @@ def run_matrix(args, marks: list[float], by_steps: bool) -> None:
             path = os.path.join(run_dir, f"{name}-seed{seed}.json")
             wanted = config_marks(name, marks, speeds) if by_steps else marks
             if args.saved_only:
-                run = saved_run(path, wanted, by_steps)
-                if run is None:
+                run, missing = saved_and_missing(path, wanted, by_steps)
+                if run is None or missing:
                     print(f"--saved_only: {name}, seed {seed} lacks a mark; left out")
                     continue
             else:
@@ -210,27 +210,21 @@ def run_matrix(args, marks: list[float], by_steps: bool) -> None:
     print("written", common.write_json(args.name, {**payload, "summary": summary}))
 
 
-def saved_run(path: str, wanted: list[float], by_steps: bool) -> dict | None:
-    """The saved run at `path` if it holds every wanted mark (any, for minute marks), else None."""
+def saved_and_missing(path: str, wanted: list[float], by_steps: bool):
+    """(the run saved at `path` or None, the wanted marks it lacks). Minute marks are never hit
+    exactly, so a saved run lacks none of them."""
     if not os.path.exists(path):
-        return None
+        return None, list(wanted)
     with open(path, encoding="utf-8") as f:
-        run = json.load(f)
-    have = {row["step"] for row in run["results"]}
-    return run if not by_steps or all(int(mark) in have for mark in wanted) else None
+        saved = json.load(f)
+    have = {row["step"] for row in saved["results"]}
+    return saved, [mark for mark in wanted if by_steps and int(mark) not in have]
 
 
 def ensure_run(args, name: str, seed: int, path: str, wanted: list[float], by_steps: bool):
     """The run's results at every wanted mark: a saved run is reused, and a step mark it lacks
     is trained for (from scratch, in a child process) and merged into it."""
-    saved = None
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-        if not by_steps:  # minute marks are never hit exactly: a saved run is complete
-            return saved
-    have = {row["step"] for row in saved["results"]} if saved else set()
-    missing = [mark for mark in wanted if int(mark) not in have]
+    saved, missing = saved_and_missing(path, wanted, by_steps)
     if not missing:
         return saved
     print(f"=== {name}, seed {seed}, marks {', '.join(f'{m:g}' for m in missing)}", flush=True)
