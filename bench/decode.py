@@ -15,10 +15,14 @@ Then both decode the same test sources in the same run, in length-sorted batches
   as the previous path), and the exported SavedModel (raw strings in and out; beam 1 for greedy);
 - OpenNMT-tf: its model's serving function in-process (pieces in and out) and its exported
   SavedModel (SentencePiece in Python around it).
-Each variant is warmed up on one batch, then timed over all. The table gives sentences/s, target
-pieces/s and BLEU (sacreBLEU against the references, so the two checkpoints' quality can be
-compared), and ours/OpenNMT-tf per sentence and per target piece for each matching row; then
-how often the fused and TFA's beam search agree on the same weights (`agreement`). Run it alone.
+Each variant is warmed up on one batch, then timed over all, one batch at a time and --streams
+batches at once (threads; our tools decode 2 at once by default, `serving.DEFAULT_STREAMS`;
+OpenNMT-tf's `onmt-main infer` one at a time; TFA's beam search is timed on one stream only).
+The table gives sentences/s, target pieces/s and BLEU (sacreBLEU against the references, so the
+two checkpoints' quality can be compared), and ours/OpenNMT-tf per sentence and per target piece
+for each matching row (the same streams on both sides), and against OpenNMT-tf on one stream (as
+its tool runs); then how often the fused and TFA's beam search agree on the same weights
+(`agreement`). Run it alone.
 
 Agreement: the same best translation and every beam's score within 1e-4, sentence by sentence.
 Two things made the searches look different where they are not:
@@ -106,14 +110,15 @@ def load_trainer(run_dir: str) -> train_loop.Trainer:
     return trainer
 
 
-def _timed(decode_batch, batches, order) -> tuple[float, list]:
-    """Warms up on the first batch, then returns (seconds for all batches, outputs).
+def _timed(decode_batch, batches, order, streams: int) -> tuple[float, list]:
+    """Warms up on the first batch, then returns (seconds for all batches, outputs), decoding
+    `streams` batches at once as the serving tools do.
 
     The batches hold the sentences in `order`; the outputs come back in input order.
     """
     decode_batch(batches[0])
     started = time.perf_counter()
-    outputs = [row for batch in batches for row in decode_batch(batch)]
+    outputs = [row for rows in serving.in_streams(decode_batch, batches, streams) for row in rows]
     seconds = time.perf_counter() - started
     restored = [None] * len(order)
     for position, index in enumerate(order):
@@ -131,8 +136,13 @@ def _id_batches(trainer, sources: list[str], order: list[int], batch_size: int):
     return batches
 
 
-def live_variants(trainer, sources, order, batch_size) -> dict:
-    """{variant: (seconds, hypotheses in `order`)} for the in-process model."""
+def _stream_counts(name: str, streams: int) -> list[int]:
+    """1 and `streams` for the fused searches; 1 for TFA's (the previous path, for scale)."""
+    return [1] if "TFA" in name or streams == 1 else [1, streams]
+
+
+def live_variants(trainer, sources, order, batch_size, streams) -> dict:
+    """{(variant, streams): (seconds, hypotheses in `order`)} for the in-process model."""
     seq2seq = trainer.decoding_model()
     cfg = seq2seq.cfg
     options = (BEAM_WIDTH, cfg.length_penalty, cfg.coverage_penalty, cfg.max_decode_length)
@@ -156,13 +166,15 @@ def live_variants(trainer, sources, order, batch_size) -> dict:
             text = trainer.target_tokenizer.detokenize(tf.ragged.constant(pieces, dtype=tf.int32))
             return [t.decode("utf-8") for t in text.numpy()]
 
-        results[name] = _timed(decode_batch, batches, order)
-        print(f"ours, in-process, {name}: {results[name][0]:.1f} s", flush=True)
+        for count in _stream_counts(name, streams):
+            result = results[(name, count)] = _timed(decode_batch, batches, order, count)
+            print(f"ours, in-process, {name}, {count} stream(s): {result[0]:.1f} s", flush=True)
     return results
 
 
-def saved_model_variants(trainer, sources, order, batch_size, export_root) -> dict:
-    """{variant: (seconds, hypotheses in `order`)} for SavedModels of the trainer's weights."""
+def saved_model_variants(trainer, sources, order, batch_size, streams, export_root) -> dict:
+    """{(variant, streams): (seconds, hypotheses in `order`)} for SavedModels of the trainer's
+    weights."""
     results = {}
     for name, width in (("greedy", 1), (f"beam{BEAM_WIDTH}", BEAM_WIDTH)):
         export_dir = export.export_saved_model(
@@ -178,8 +190,9 @@ def saved_model_variants(trainer, sources, order, batch_size, export_root) -> di
             out = signature(sources=tf.constant(batch))["translations"].numpy()
             return [t.decode("utf-8") for t in out]
 
-        results[name] = _timed(decode_batch, batches, order)
-        print(f"ours, SavedModel, {name}: {results[name][0]:.1f} s", flush=True)
+        for count in _stream_counts(name, streams):
+            result = results[(name, count)] = _timed(decode_batch, batches, order, count)
+            print(f"ours, SavedModel, {name}, {count} stream(s): {result[0]:.1f} s", flush=True)
     return results
 
 
@@ -290,7 +303,8 @@ def run_opennmt(args, data_dir: str, text_dir: str, limit: int) -> dict:
             + [f"--target_sentencepiece={layout.vocabulary('target')}"]
             + [f"--sources={os.path.join(text_dir, 'test.en')}", f"--limit={limit}"]
             + [f"--steps={args.steps}", f"--batch_size={args.batch_size}"]
-            + [f"--beam_width={BEAM_WIDTH}", f"--output={result_path}"],
+            + [f"--beam_width={BEAM_WIDTH}", f"--streams={args.streams}"]
+            + [f"--output={result_path}"],
         )
         with open(result_path, encoding="utf-8") as f:
             return {name: tuple(value) for name, value in json.load(f).items()}
@@ -298,7 +312,7 @@ def run_opennmt(args, data_dir: str, text_dir: str, limit: int) -> dict:
 
 def _rows(measured: dict, references: list[str], target_tokenizer) -> list[dict]:
     rows = []
-    for (system, model, mode), (seconds, hypotheses) in measured.items():
+    for (system, model, mode, streams), (seconds, hypotheses) in measured.items():
         pieces = target_tokenizer.tokenize(tf.constant(hypotheses)).row_lengths().numpy()
         scores = evaluation.corpus_scores(hypotheses, references)
         rows.append(
@@ -306,20 +320,29 @@ def _rows(measured: dict, references: list[str], target_tokenizer) -> list[dict]
                 "system": system,
                 "model": model,
                 "mode": mode,
+                "streams": streams,
                 "sentences_per_second": round(len(hypotheses) / seconds, 1),
                 "pieces_per_second": round(int(pieces.sum()) / seconds, 1),
                 "bleu": scores["bleu"],
                 "seconds": round(seconds, 2),
             }
         )
-    reference = {(r["model"], r["mode"]): r for r in rows if r["system"] == "opennmt-tf"}
+    reference = {
+        (r["model"], r["mode"], r["streams"]): r for r in rows if r["system"] == "opennmt-tf"
+    }
     for row in rows:
-        other = reference.get((row["model"], row["mode"].replace(" (TFA)", "")))
-        if row["system"] == "ours" and other:
-            for unit in ("sentences", "pieces"):
-                row[f"{unit}_vs_opennmt"] = round(
-                    row[f"{unit}_per_second"] / other[f"{unit}_per_second"], 2
-                )
+        if row["system"] != "ours":
+            continue
+        model, mode = row["model"], row["mode"].replace(" (TFA)", "")
+        for column, other in (
+            ("vs_opennmt", reference.get((model, mode, row["streams"]))),
+            ("vs_opennmt_1_stream", reference.get((model, mode, 1))),
+        ):
+            if other:
+                for unit in ("sentences", "pieces"):
+                    row[f"{unit}_{column}"] = round(
+                        row[f"{unit}_per_second"] / other[f"{unit}_per_second"], 2
+                    )
     return rows
 
 
@@ -328,6 +351,12 @@ def main():
     parser.add_argument("--work", default=os.path.join(common.REPO, "runs", "bench", "decode"))
     parser.add_argument("--limit", type=int, default=0, help="Test sentences (0: all).")
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=serving.DEFAULT_STREAMS,
+        help="Batches at once for the second timing of each variant (the first: one).",
+    )
     parser.add_argument("--steps", type=int, default=1500, help="Training steps of both models.")
     parser.add_argument("--onmt_venv", default=os.path.join(CACHE, "onmt-venv"))
     parser.add_argument("--onmt_work", default=os.path.join(CACHE, "onmt-work", "decode"))
@@ -357,25 +386,33 @@ def main():
         return
     text_dir = write_texts(args.work, data_dir, sources, references)
     measured = {}
-    for mode, result in live_variants(trainer, sources, order, args.batch_size).items():
-        measured[("ours", "in_process", mode)] = result
+    live = live_variants(trainer, sources, order, args.batch_size, args.streams)
+    for (mode, streams), result in live.items():
+        measured[("ours", "in_process", mode, streams)] = result
     with tempfile.TemporaryDirectory(prefix="bench-decode-") as export_root:
-        variants = saved_model_variants(trainer, sources, order, args.batch_size, export_root)
-    for mode, result in variants.items():
-        measured[("ours", "saved_model", mode)] = result
+        variants = saved_model_variants(
+            trainer, sources, order, args.batch_size, args.streams, export_root
+        )
+    for (mode, streams), result in variants.items():
+        measured[("ours", "saved_model", mode, streams)] = result
     if not args.skip_opennmt:
         for name, result in run_opennmt(args, data_dir, text_dir, len(sources)).items():
-            model, mode = name.split("/")
-            measured[("opennmt-tf", model, mode)] = result
+            model, mode, streams = name.split("/")
+            measured[("opennmt-tf", model, mode, int(streams))] = result
     rows = _rows(measured, references, trainer.target_tokenizer)
-    columns = ["system", "model", "mode", "sentences_per_second", "pieces_per_second", "bleu"]
-    common.print_table(rows, [*columns, "seconds", "sentences_vs_opennmt", "pieces_vs_opennmt"])
+    columns = ["system", "model", "mode", "streams", "sentences_per_second", "pieces_per_second"]
+    common.print_table(
+        rows,
+        [*columns, "bleu", "seconds", "sentences_vs_opennmt", "pieces_vs_opennmt"]
+        + ["sentences_vs_opennmt_1_stream"],
+    )
     agree = agreement(trainer, sources, order, args.batch_size)
     print("fused vs TFA beam search:", json.dumps(agree))
     payload = {
         "step": trainer.step,
         "sentences": len(sources),
         "batch_size": args.batch_size,
+        "streams": args.streams,
         "beam_width": BEAM_WIDTH,
         "results": rows,
         "agreement_with_tfa": agree,

@@ -24,6 +24,9 @@ from trainer import evaluation, serving  # noqa: E402
 _MODEL = flags.DEFINE_string("model", None, "Exported SavedModel directory.")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the hypotheses here, one per line.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Sentences per call.", lower_bound=1)
+_STREAMS = flags.DEFINE_integer(
+    "streams", serving.DEFAULT_STREAMS, "Batches decoded at once (threads).", lower_bound=1
+)
 flags.mark_flag_as_required("model")
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Preprocessed dataset to read --split from.")
@@ -105,7 +108,7 @@ def main(argv):
         signature = serving.load_translator(_MODEL.value)
     except (serving.TranslationError, metadata_lib.DatasetError) as e:
         raise app.UsageError(str(e)) from None
-    translations = serving.translate(signature, sources, _BATCH.value)
+    translations = serving.translate(signature, sources, _BATCH.value, streams=_STREAMS.value)
     hypotheses = [nbest[0] for nbest, _ in translations]
     scores = evaluation.corpus_scores(hypotheses, references)
     print(f"{scores['sentences']} sentences")

@@ -19,6 +19,9 @@ _MODEL = flags.DEFINE_string("model", None, "Exported SavedModel directory.")
 _INPUT = flags.DEFINE_string("input", None, "File of source sentences, one per line ('-': stdin).")
 _OUTPUT = flags.DEFINE_string("output", None, "Write translations here instead of stdout.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Sentences per call.", lower_bound=1)
+_STREAMS = flags.DEFINE_integer(
+    "streams", serving.DEFAULT_STREAMS, "Batches decoded at once (threads).", lower_bound=1
+)
 _NBEST = flags.DEFINE_integer(
     "n_best", 1, "Write the n best hypotheses per sentence, tab-separated."
 )
@@ -50,7 +53,9 @@ def main(argv):
         raise app.UsageError(str(e)) from None
     out = tf.io.gfile.GFile(_OUTPUT.value, "w") if _OUTPUT.value else sys.stdout
     try:
-        for hypotheses, _ in serving.translate(signature, sentences, _BATCH.value, _NBEST.value):
+        for hypotheses, _ in serving.translate(
+            signature, sentences, _BATCH.value, _NBEST.value, _STREAMS.value
+        ):
             out.write("\t".join(hypotheses) + "\n")
     finally:
         if out is not sys.stdout:

@@ -10,11 +10,13 @@ Then the test --sources are decoded greedy and with beam --beam_width, in length
 of --batch_size, two ways: the model's serving function in-process (SentencePiece pieces in and
 out, as `onmt-main infer` feeds it) and its exported SavedModel (with SentencePiece in Python
 around each call, so both sides of the comparison take and return text). Each variant is warmed
-up on one batch, then timed. Writes {"in_process/greedy": [seconds, translations in input
-order], ...} to --output.
+up on one batch, then timed one batch at a time (as `onmt-main infer` runs) and, with --streams
+above 1, that many batches at once from threads (as our tools run). Writes
+{"in_process/greedy/1": [seconds, translations in input order], ...} to --output.
 """
 
 import argparse
+import concurrent.futures
 import hashlib
 import importlib.util
 import json
@@ -145,14 +147,17 @@ def _batches(sources: list[str], pieces: list[list[str]], batch_size: int):
         yield indices, [sources[i] for i in indices], _padded([pieces[i] for i in indices])
 
 
-def _time(call, batches, count: int) -> tuple[float, list[str]]:
-    """Warms up on the first batch, then times all; returns (seconds, outputs in input order)."""
+def _time(call, batches, count: int, streams: int) -> tuple[float, list[str]]:
+    """Warms up on the first batch, then times all, `streams` batches at once; returns
+    (seconds, outputs in input order)."""
     call(*batches[0][1:])
     outputs = [None] * count
     started = time.perf_counter()
-    for indices, texts, inputs in batches:
-        for index, text in zip(indices, call(texts, inputs), strict=True):
-            outputs[index] = text
+    with concurrent.futures.ThreadPoolExecutor(streams) as pool:
+        results = pool.map(lambda batch: call(*batch[1:]), batches)
+        for (indices, _, _), texts in zip(batches, results, strict=True):
+            for index, text in zip(indices, texts, strict=True):
+                outputs[index] = text
     return time.perf_counter() - started, outputs
 
 
@@ -173,6 +178,7 @@ def measure(args, data_dir: str, model_dir: str, sources: list[str]) -> dict:
     target_sp = spm.SentencePieceProcessor(model_file=os.path.join(data_dir, "de.model"))
     detokenize = _detokenizer(target_sp)
     batches = list(_batches(sources, source_sp.encode(sources, out_type=str), args.batch_size))
+    counts = sorted({1, args.streams})
     results = {}
     for mode, width in (("greedy", 1), (f"beam{args.beam_width}", args.beam_width)):
         runner = _runner(args, data_dir, model_dir, width)
@@ -180,9 +186,13 @@ def measure(args, data_dir: str, model_dir: str, sources: list[str]) -> dict:
         model = runner._init_model(config)
         checkpoint_util.Checkpoint.from_config(config, model).restore(weights_only=True)
         serve = model.serve_function()
-        results[f"in_process/{mode}"] = _time(
-            lambda texts, inputs, serve=serve: detokenize(serve(inputs)), batches, len(sources)
-        )
+        for streams in counts:
+            results[f"in_process/{mode}/{streams}"] = _time(
+                lambda texts, inputs, serve=serve: detokenize(serve(inputs)),
+                batches,
+                len(sources),
+                streams,
+            )
         with tempfile.TemporaryDirectory(prefix="onmt-export-") as export_dir:
             runner.export(export_dir)
             signature = tf.saved_model.load(export_dir).signatures["serving_default"]
@@ -192,7 +202,10 @@ def measure(args, data_dir: str, model_dir: str, sources: list[str]) -> dict:
                 del inputs
                 return detokenize(signature(**_padded(source_sp.encode(texts, out_type=str))))
 
-            results[f"saved_model/{mode}"] = _time(served, batches, len(sources))
+            for streams in counts:
+                results[f"saved_model/{mode}/{streams}"] = _time(
+                    served, batches, len(sources), streams
+                )
         print(f"OpenNMT-tf {mode}: done", flush=True)
     return results
 
@@ -209,6 +222,7 @@ def main():
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--beam_width", type=int, default=4)
+    parser.add_argument("--streams", type=int, default=1, help="Also time this many at once.")
     parser.add_argument("--length_penalty", type=float, default=0.6)
     parser.add_argument("--max_length", type=int, default=80)
     args = parser.parse_args()

@@ -9,6 +9,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -139,6 +141,45 @@ def test_length_sorted_batches_come_back_in_input_order(export_dir):
     assert [nbest for nbest, _ in batched] == [nbest for nbest, _ in alone]
     np.testing.assert_allclose([s for _, s in batched], [s for _, s in alone], atol=1e-4)
     assert len({round(s, 4) for _, s in alone}) == len(sentences), "scores tell sentences apart"
+
+
+def test_streams_change_the_speed_not_the_translations(export_dir):
+    """Three batches decoded at once (threads) give, in input order, what one at a time gives."""
+    signature = serving.load_translator(export_dir)
+    sentences = [SENTENCES[1], "OK.", SENTENCES[0] * 3, SENTENCES[2], "Cell", "Open.", "Yes"]
+    one = serving.translate(signature, sentences, batch_size=2, n_best=2, streams=1)
+    three = serving.translate(signature, sentences, batch_size=2, n_best=2, streams=3)
+    assert three == one
+
+
+def test_in_streams_overlaps_decodes_and_keeps_their_order():
+    """Plain Python, no model: slower first batches still come first; at most `streams` run at
+    once and they do overlap; an error in a batch reaches the caller."""
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    def decode(batch):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05 * max(0, 6 - batch))
+        with lock:
+            running -= 1
+        if batch == 99:
+            raise ValueError("batch 99")
+        return batch * 10
+
+    assert list(serving.in_streams(decode, range(6), streams=2)) == [0, 10, 20, 30, 40, 50]
+    assert most == 2
+    with pytest.raises(ValueError, match="batch 99"):
+        list(serving.in_streams(decode, [1, 99, 2], streams=2))
+
+
+def test_zero_streams_is_a_usage_error(export_dir):
+    result = _translate(f"--model={export_dir}", "--streams=0", "OK.")
+    assert result.returncode != 0
+    assert "streams" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_export_runs_the_fused_beam_search_with_core_ops_only(export_dir):
