@@ -22,7 +22,8 @@ SIGNATURE = "serving_default"
 # Batches decoded at once. One decode is a loop of small ops, single-threaded between its matrix
 # products, so a second one running beside it fills the idle core: on the 2-core EPYC host, 2
 # streams gave beam 4 1.2-1.5x and greedy about 1.3x the sentences/s of one (three A/B runs),
-# and 3 or 4 streams no more than 2 (README, "Translate and serve"). Outputs do not depend on it.
+# and 3 or 4 streams not consistently more than 2 (README, "Translate and serve"). Outputs do
+# not depend on it.
 DEFAULT_STREAMS = 2
 
 
