@@ -52,6 +52,11 @@ class WeightNormalization(tfa.layers.WeightNormalization):
             self.g.assign(tf.norm(tf.reshape(v, [-1, self.layer_depth]), axis=0))
             self._initialized.assign(True)
 
+    def _initialize_weights(self, inputs):
+        """Nothing: g is set at build. TFA's call still traces this branch of its `tf.cond` in a
+        graph, where assigning g from the layer's bfloat16 view of v fails under mixed precision."""
+        return []
+
     def get_config(self):
         config = super().get_config()
         del config["data_init"]

@@ -304,6 +304,28 @@ def test_weight_norm_is_initialised_in_float32_under_mixed_precision():
     assert seq2seq(_inputs()).dtype == tf.bfloat16
 
 
+def test_weight_norm_layers_run_in_a_graph_under_mixed_precision():
+    """TFA traces its first-call initialisation into every graph call; under mixed precision that
+    branch assigned g from a bfloat16 tensor and failed, so training with both did not start."""
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        seq2seq = _build(weight_norm=True)
+        hidden = tf.random.stateless_normal([2, 8], [0, 5])
+        eager = seq2seq.projection(hidden)
+        graph = tf.function(seq2seq.projection)(hidden)
+        bfloat16 = {"rtol": 2e-2, "atol": 1e-2}  # graph and eager round differently
+        np.testing.assert_allclose(
+            tf.cast(graph, tf.float32), tf.cast(eager, tf.float32), **bfloat16
+        )
+        batch = _inputs()
+        graph, eager = tf.function(seq2seq)(batch), seq2seq(batch)
+        np.testing.assert_allclose(
+            tf.cast(graph, tf.float32), tf.cast(eager, tf.float32), **bfloat16
+        )
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+
+
 def test_tied_projection_uses_the_target_embedding_matrix():
     seq2seq = _build(tie_embeddings=True)
     hidden = tf.random.stateless_normal([2, 8], [0, 5])
