@@ -67,8 +67,8 @@ class ModelConfig:
     )
     weight_norm: bool = _field(
         False,
-        "Weight-normalise the attention layer and the output projection's dense layer "
-        "(tfa.layers.WeightNormalization).",
+        "Weight-normalise the attention layer (tfa.layers.WeightNormalization); never the "
+        "output projection, where it slowed learning (README, Weight normalisation).",
     )
     encoder_lstm: str = _field(
         "auto",

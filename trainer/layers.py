@@ -238,17 +238,17 @@ class OutputProjection(tf.keras.layers.Layer):
     """Decoder outputs -> vocabulary logits, optionally tied to the target embedding.
 
     Tied: a dense layer down to the embedding width, then the transposed embedding matrix.
-    With `weight_norm` the dense layer is weight-normalised (`build_dense`).
+    Never weight-normalised: see `Seq2Seq`'s attention layer for why.
     """
 
-    def __init__(self, vocab_size: int, tied_embedding=None, weight_norm: bool = False, **kw):
+    def __init__(self, vocab_size: int, tied_embedding=None, **kw):
         super().__init__(**kw)
         self.vocab_size = vocab_size
         self.tied_embedding = tied_embedding
         if tied_embedding is None:
-            self.dense = build_dense(vocab_size, weight_norm, "dense")
-        else:  # weight norm applies to the dense layer; the tied embedding stays as it is
-            self.dense = build_dense(tied_embedding.output_dim, weight_norm, "pre_projection")
+            self.dense = tf.keras.layers.Dense(vocab_size, name="dense")
+        else:
+            self.dense = tf.keras.layers.Dense(tied_embedding.output_dim, name="pre_projection")
 
     def build(self, input_shape):
         if self.tied_embedding is not None:

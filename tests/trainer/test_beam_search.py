@@ -103,11 +103,11 @@ def test_beam_search_equals_tfa_run_to_max_length(
 
 
 def test_weight_normalised_model_searches_as_tfa_does():
-    """The step reads the attention layer's normalised kernel; the projection is called."""
+    """The step reads the attention layer's normalised kernel."""
     seq2seq, source_ids, source_lengths = _lively(weight_norm=True)
-    for wrapper in (seq2seq.attention_layer, seq2seq.projection.dense):
-        wrapper.g.assign(wrapper.g * tf.linspace(0.5, 1.5, wrapper.g.shape[0]))  # not |v|
-    bias = seq2seq.projection.dense.layer.bias  # EOS likelier, so beams end at many steps
+    wrapper = seq2seq.attention_layer
+    wrapper.g.assign(wrapper.g * tf.linspace(0.5, 1.5, wrapper.g.shape[0]))  # not |v|
+    bias = seq2seq.projection.dense.bias  # EOS likelier, so beams end at many steps
     bias.assign(tf.tensor_scatter_nd_add(bias, [[vocab_lib.EOS_ID]], [2.0]))
     options = (4, 0.6, 0.2, MAX_LENGTH)
     ids, scores, lengths = _search_as_tfa_does(seq2seq, source_ids, source_lengths, options)
