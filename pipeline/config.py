@@ -68,7 +68,7 @@ class ModelConfig:
     weight_norm: bool = _field(
         False,
         "Weight-normalise the attention layer (tfa.layers.WeightNormalization); never the "
-        "output projection, where it slowed learning (README, Weight normalisation).",
+        "output projection, where it slowed learning (README, *Weight normalisation*).",
     )
     encoder_lstm: str = _field(
         "auto",

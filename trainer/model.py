@@ -44,7 +44,7 @@ class Seq2Seq(tf.keras.Model):
             self.attention = tfa_lib.BahdanauAttention(cfg.units, normalize=True, memory=None)
         # Two wrappers over the same cell, mechanism and attention layer: one records the
         # alignment history (for attention pictures), the other does not pay for it.
-        # `weight_norm` wraps only this layer. On the output projection it halved test BLEU
+        # `weight_norm` wraps only this layer. On the output projection it cut test BLEU to a third
         # at 1,400 steps (README, *Weight normalisation*): each vocabulary row's length is then one
         # g, which Adam moves by about the learning rate per step, where a plain row's length
         # grows through all its `units` weights, so the softmax stays too flat for too long.
