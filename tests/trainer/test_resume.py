@@ -49,8 +49,18 @@ def _run(data_dir, model_dir, overrides=OVERRIDES, expect_success=True):
     return result.stderr
 
 
+def _history_mtime(model_dir):
+    path = os.path.join(model_dir, "train_history.jsonl")
+    return os.stat(path).st_mtime_ns if os.path.exists(path) else None
+
+
 def _interrupt(data_dir, model_dir, after_step, sig):
-    """Starts training, sends `sig` once `after_step` is logged, waits for the process to end."""
+    """Starts training, sends `sig` once this process has logged `after_step`, waits for it to end.
+
+    Records left by an earlier, killed run do not count: a kill can land a few steps late, so the
+    old history may already reach `after_step`; only a history this process rewrote (a resume
+    truncates it) or began counts."""
+    written_before = _history_mtime(model_dir)
     process = subprocess.Popen(
         _argv(data_dir, model_dir),
         stdout=subprocess.DEVNULL,
@@ -60,7 +70,10 @@ def _interrupt(data_dir, model_dir, after_step, sig):
     )
     deadline = time.time() + 600  # a loaded machine can take minutes to start TensorFlow
     while time.time() < deadline and process.poll() is None:
-        if any(h["step"] >= after_step for h in dataset_fixture.read_history(model_dir)):
+        rewritten = _history_mtime(model_dir) != written_before
+        if rewritten and any(
+            h["step"] >= after_step for h in dataset_fixture.read_history(model_dir)
+        ):
             break
         time.sleep(0.05)
     assert process.poll() is None, "training finished before it could be interrupted"
