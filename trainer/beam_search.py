@@ -121,7 +121,7 @@ def _log_softmax_at(logits, row_max, chosen):
     return (chosen - row_max) - log_sum
 
 
-def _live_proposals(seq2seq, attention, live, beam_width: int):
+def _live_proposals(project, attention, live, beam_width: int):
     """Per live hypothesis: EOS and the `beam_width` best other tokens, as (log-probs, tokens)
     [n, k + 1], and the hypotheses' flat index. The projection runs on live rows only.
 
@@ -130,7 +130,7 @@ def _live_proposals(seq2seq, attention, live, beam_width: int):
     width = tf.shape(attention)[-1]
     index = tf.cast(tf.where(tf.reshape(live, [-1]))[:, 0], tf.int32)
     rows = tf.gather(tf.reshape(attention, [-1, width]), index)
-    logits = tf.cast(seq2seq.projection(tf.cast(rows, seq2seq.projection.compute_dtype)), _FLOAT)
+    logits = tf.cast(project(rows), _FLOAT)
     values, tokens = top_k(logits, beam_width + 1)
     row_max = values[:, :1]
     is_eos = tokens == EOS
@@ -151,7 +151,7 @@ def _live_proposals(seq2seq, attention, live, beam_width: int):
     )
 
 
-def _candidates(seq2seq, finished, attention, beam_width: int):
+def _candidates(project, finished, attention, beam_width: int):
     """Every beam's proposals: (step log-probs, tokens), [b, k, k + 1].
 
     A finished beam proposes EOS at no cost and nothing else (TFA's masked distribution).
@@ -163,7 +163,7 @@ def _candidates(seq2seq, finished, attention, beam_width: int):
     )
     tokens = tf.fill([rows, beam_width + 1], EOS)
     live_values, live_tokens, index = _live_proposals(
-        seq2seq, attention, tf.logical_not(finished), beam_width
+        project, attention, tf.logical_not(finished), beam_width
     )
     step_log_probs = tf.tensor_scatter_nd_update(step_log_probs, index[:, None], live_values)
     tokens = tf.tensor_scatter_nd_update(tokens, index[:, None], live_tokens)
@@ -300,6 +300,7 @@ def beam_search(
     """
     options = _Options(beam_width, float(length_penalty_weight), float(coverage_penalty_weight))
     weights = decoder_step.step_weights(seq2seq, seq2seq.attention_layer.compute_dtype)
+    project = seq2seq.projection.precast()
     beams = _start(
         seq2seq, source_ids, source_lengths, beam_width, max_length, bool(options.coverage_weight)
     )
@@ -316,7 +317,7 @@ def beam_search(
             weights, beams.memory, beams.state, embedded
         )
         beams = beams._replace(state=state)
-        step_log_probs, tokens = _candidates(seq2seq, beams.finished, attention, beam_width)
+        step_log_probs, tokens = _candidates(project, beams.finished, attention, beam_width)
         beams = _advance(beams, step_log_probs, tokens, alignment, t, options)
         # On the last step TFA ranks nothing again, so neither does this.
         ended = tf.logical_and(tf.reduce_all(beams.finished, axis=1), t + 1 < max_length)
@@ -367,6 +368,7 @@ def greedy_decode(seq2seq, source_ids, source_lengths, max_length: int, log_prob
     over the step's logits more.
     """
     weights = decoder_step.step_weights(seq2seq, seq2seq.attention_layer.compute_dtype)
+    project = seq2seq.projection.precast()
     batch = tf.shape(source_ids)[0]
     greedy = _Greedy(
         rows=tf.range(batch),
@@ -384,12 +386,13 @@ def greedy_decode(seq2seq, source_ids, source_lengths, max_length: int, log_prob
     def body(t, greedy, emitted, chosen_log_probs):
         embedded = seq2seq.target_embedding(greedy.tokens)
         attention, state, _ = decoder_step.step(weights, greedy.memory, greedy.state, embedded)
-        logits = seq2seq.projection(tf.cast(attention[:, 0], seq2seq.projection.compute_dtype))
-        logits = tf.cast(logits, _FLOAT)
-        best, tokens = top_k(logits, 1)
-        tokens = tokens[:, 0]
+        logits = tf.cast(project(attention[:, 0]), _FLOAT)
+        # One pass, and the lowest index among equal logits, as `tf.math.top_k` and TFA's
+        # greedy sampler's argmax take it.
+        tokens = tf.argmax(logits, axis=1, output_type=tf.int32)
         emitted = emitted.write(t, for_batch(greedy.rows, tokens, EOS))
         if log_probs:
+            best = tf.reduce_max(logits, axis=1, keepdims=True)
             chosen_log_probs = chosen_log_probs.write(
                 t, for_batch(greedy.rows, _log_softmax_at(logits, best, best)[:, 0], 0.0)
             )

@@ -243,6 +243,27 @@ def test_output_shapes(attention, tie_embeddings, layer_norm):
     assert any("pre_projection" in n for n in names) == tie_embeddings
 
 
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("tie_embeddings", [False, True])
+def test_precast_projection_gives_the_layers_logits(policy, tie_embeddings):
+    """The decoding loops' projection (weights cast once) is the layer's call, bit for bit."""
+    tf.keras.mixed_precision.set_global_policy(policy)
+    try:
+        seq2seq = _build(tie_embeddings=tie_embeddings)
+        outputs = seq2seq(_inputs())
+        projection = seq2seq.projection
+        bias = projection.bias if tie_embeddings else projection.dense.bias
+        bias.assign(tf.linspace(-1.0, 1.0, TARGET_VOCAB))  # zeros would hide a missing bias
+        rows = tf.reshape(outputs, [-1, outputs.shape[-1]])
+        expected = seq2seq.projection(rows)
+        actual = seq2seq.projection.precast()(rows)
+        assert actual.dtype == expected.dtype == tf.as_dtype(seq2seq.projection.compute_dtype)
+        np.testing.assert_array_equal(actual.numpy(), expected.numpy())
+        assert np.ptp(actual.numpy().astype(np.float32)) > 0
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+
+
 # Weight normalisation
 
 
