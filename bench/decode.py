@@ -11,8 +11,10 @@ Set-up, cached under --work (each step is skipped when its output exists):
    the maximum length).
 Then both decode the same test sources in the same run, in length-sorted batches of
 --batch_size, with the same beam width, length penalty (0.6) and maximum length (80):
-- ours: the live model under `tf.function` (fused greedy and beam search, and TFA's beam search
-  as the previous path), and the exported SavedModel (raw strings in and out; beam 1 for greedy);
+- ours: the live model under `tf.function` as evaluation during training decodes (fused greedy
+  and beam search, in bfloat16 products when the model trained in bfloat16; and TFA's beam
+  search in float32 as the previous path), and the exported SavedModel (float32; raw strings in
+  and out; beam 1 for greedy);
 - OpenNMT-tf: its model's serving function in-process (pieces in and out) and its exported
   SavedModel (SentencePiece in Python around it).
 Each variant is warmed up on one batch, then timed over all, one batch at a time and --streams
@@ -142,16 +144,18 @@ def _stream_counts(name: str, streams: int) -> list[int]:
 
 
 def live_variants(trainer, sources, order, batch_size, streams) -> dict:
-    """{(variant, streams): (seconds, hypotheses in `order`)} for the in-process model."""
-    seq2seq = trainer.decoding_model()
-    cfg = seq2seq.cfg
+    """{(variant, streams): (seconds, hypotheses in `order`)} for the in-process model: the
+    fused searches on the model evaluation decodes with (`search_model`: bfloat16 products
+    when the run trained in bfloat16), TFA's on the float32 `decoding_model`."""
+    searching, reference = trainer.search_model(), trainer.decoding_model()
+    cfg = searching.cfg
     options = (BEAM_WIDTH, cfg.length_penalty, cfg.coverage_penalty, cfg.max_decode_length)
     decoders = {
-        "greedy": lambda ids, lengths: seq2seq.greedy_decode(ids, lengths)[0],
-        f"beam{BEAM_WIDTH}": lambda ids, lengths: seq2seq.beam_search(ids, lengths, *options)[0][
+        "greedy": lambda ids, lengths: searching.greedy_decode(ids, lengths)[0],
+        f"beam{BEAM_WIDTH}": lambda ids, lengths: searching.beam_search(ids, lengths, *options)[0][
             :, 0
         ],
-        f"beam{BEAM_WIDTH} (TFA)": lambda ids, lengths: seq2seq.tfa_beam_search(
+        f"beam{BEAM_WIDTH} (TFA)": lambda ids, lengths: reference.tfa_beam_search(
             ids, lengths, *options
         )[0][:, 0],
     }

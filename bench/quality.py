@@ -73,7 +73,7 @@ def score_test(trainer) -> dict:
     """BLEU and chrF on the whole test split, and BLEU on its longest quarter."""
     from trainer import evaluation
 
-    trainer.decoding_model()  # under mixed precision, refreshes the float32 twin's weights
+    trainer.search_model()  # where that is the float32 twin, refreshes its weights
     sources, hypotheses, references = trainer.evaluator.translate_split("test")
     result = evaluation.corpus_scores(hypotheses, references)
     longest = longest_quarter(sources)

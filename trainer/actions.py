@@ -122,9 +122,9 @@ class EvaluateAction:
         self.evaluator.pairs(split, -1 if min(loss_limit, limit) < 0 else max(loss_limit, limit))
         result["read_seconds"] = round(time.time() - started, 2)
         result.update(self.evaluator.loss(split, loss_limit))
-        # The evaluator decodes with this model: under mixed precision the call copies the
-        # current weights into the float32 twin, so it must come before `quality`.
-        decoding_model = self.state.decoding_model()
+        # The evaluator decodes with this model: where it is the float32 twin, the call copies
+        # the current weights into it, so it must come before `quality`.
+        self.state.search_model()
         result.update(self.evaluator.quality(split, limit))
         result["seconds"] = round(time.time() - started, 1)
         logging.info(
@@ -145,14 +145,15 @@ class EvaluateAction:
             result["decode_replicas"],
         )
         if self.checkpointer.is_chief:
-            self._write(result, decoding_model)
+            self._write(result)
         if split == "dev" and result["bleu"] > float(self.state.best_bleu.numpy()):
             self.state.best_bleu.assign(result["bleu"])
             self.checkpointer.save_best()
         return result
 
-    def _write(self, result: dict, decoding_model):
-        """History record, TensorBoard scalars and (dev) attention images."""
+    def _write(self, result: dict):
+        """History record, TensorBoard scalars and (dev) attention images (drawn by the float32
+        `decoding_model`, current weights)."""
         state, split = self.state, result["split"]
         history.append(
             state.layout.eval_history, {k: v for k, v in result.items() if k != "hypotheses"}
@@ -164,7 +165,7 @@ class EvaluateAction:
             if split == "dev":
                 sources = [sample["source"] for sample in result["samples"][:2]]
                 plots.write_attention_summaries(
-                    decoding_model,
+                    state.decoding_model(),
                     state.source_tokenizer,
                     state.target_tokenizer,
                     sources,

@@ -93,8 +93,9 @@ def _loss_signature(leading: list) -> dict:
 class Evaluator:
     """Computes dev loss with the training model and translation quality with `decoding_model`.
 
-    The two differ under mixed precision (`TrainState.decoding_model` is a float32 twin whose
-    weights are refreshed before each evaluation).
+    The two can differ under mixed precision (`TrainState.search_model`: the training model
+    where the fused searches run bfloat16 products, else a float32 twin whose weights are
+    refreshed before each evaluation).
     """
 
     def __init__(self, task, decoding_model, target_tokenizer, data_cfg, strategy=None):

@@ -1,8 +1,8 @@
 """The training state: model, optimizer and every value a checkpoint must hold to resume exactly.
 
 `TrainState` is also the model side that export, plots and averaging read (config, run layout,
-vocabularies, the model and its float32 decoding twin, the step), so none of them needs the
-loop that trains it.
+vocabularies, the model, its float32 decoding twin and which of them searches, the step), so
+none of them needs the loop that trains it.
 """
 
 import tensorflow as tf
@@ -12,7 +12,7 @@ from pipeline import config as config_lib
 from pipeline import metadata as metadata_lib
 from pipeline import paths, text
 from pipeline import vocab as vocab_lib
-from trainer import data, input_position, precision, schedules, task
+from trainer import data, decoder_step, input_position, precision, schedules, task
 
 
 def load_dataset_contract(data_cfg: config_lib.DataConfig):
@@ -98,8 +98,26 @@ class TrainState:
             tf.keras.mixed_precision.set_global_policy(policy)
         return twin
 
+    def search_model(self):
+        """The model evaluation during training decodes with: under `mixed_bfloat16`, the
+        training model itself where the fused searches cover its config; else `decoding_model()`.
+
+        The fused searches (`beam_search`, `decoder_step`) keep states, log-probabilities and
+        scores in float32 and run only the matrix products in the compute dtype, as training
+        does, so bfloat16 there costs no BLEU (README, *Precision*) and spares the float32
+        products and the twin's weight copy. TFA's decoders (the other configs) and float16
+        keep the twin. Export does too: a SavedModel is served on machines whose bfloat16 may
+        be emulated.
+        """
+        if self.cfg.train.mixed_precision == precision.BFLOAT16 and decoder_step.supports(
+            self.cfg.model
+        ):
+            return self.model
+        return self.decoding_model()
+
     def decoding_model(self):
-        """The model that translates (evaluation, attention plots, export): float32 layers.
+        """The model that translates (attention plots, export; evaluation unless
+        `search_model` says otherwise): float32 layers.
 
         Mixed precision keeps float32 weights but runs layers in bfloat16 or float16. Decoding
         there would run TFA's LSTM states in 8 significant bits and add up beam-search

@@ -38,6 +38,7 @@ _STATE_ATTRIBUTES = frozenset(
         "best_bleu",
         "nonfinite_steps",
         "decoding_model",
+        "search_model",
         "step",
     }
 )
@@ -60,7 +61,7 @@ class Trainer:
         self.runner = step_runner.StepRunner(self.state, strategy)
         self.evaluator = evaluation.Evaluator(
             self.state.task,
-            self.state.decoding_model(),
+            self.state.search_model(),
             self.state.target_tokenizer,
             cfg.data,
             strategy,

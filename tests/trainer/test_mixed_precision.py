@@ -1,7 +1,10 @@
-"""Mixed-precision training translates with a float32 twin of the model.
+"""Mixed-precision training translates with a float32 twin of the model, except where the fused
+searches run.
 
 Under `mixed_bfloat16` TFA's beam search would keep its scores in bfloat16 (the dtype of the
-decoder state), so evaluation, attention plots and export use `Trainer.decoding_model()`.
+decoder state), so attention plots, export and TFA-decoded configs use `Trainer.decoding_model()`.
+The fused searches keep states and scores in float32 and only multiply in bfloat16, so
+evaluation during training runs them on the training model itself (`Trainer.search_model()`).
 """
 
 import numpy as np
@@ -53,7 +56,42 @@ def test_decoding_model_is_float32_with_the_current_weights(mixed_trainer):
     assert scores.dtype == tf.float32 and ids.shape[:2] == (2, trained.cfg.beam_width)
 
 
-def test_evaluation_and_export_translate_in_float32(mixed_trainer):
+def test_bfloat16_evaluation_searches_with_the_training_model(mixed_trainer):
+    trained = mixed_trainer.model
+    assert mixed_trainer.search_model() is trained
+    assert mixed_trainer.evaluator.model is trained
+    rng = np.random.default_rng(1)
+    for variable in trained.trainable_variables:  # away from the near-uniform initial logits
+        variable.assign_add(rng.normal(0, 0.3, variable.shape).astype(np.float32))
+    ids, scores, _ = trained.beam_search(SOURCE_IDS, SOURCE_LENGTHS)
+    twin_ids, twin_scores, _ = mixed_trainer.decoding_model().beam_search(
+        SOURCE_IDS, SOURCE_LENGTHS
+    )
+    assert scores.dtype == tf.float32 and ids.shape[:2] == twin_ids.shape[:2]
+    # bfloat16 products round each operand to 8 significant bits: the same search, close scores.
+    np.testing.assert_allclose(scores.numpy(), twin_scores.numpy(), rtol=0.05)
+    assert np.ptp(scores.numpy()) > 0.1  # the comparison is not between constants
+    greedy_ids, greedy_lengths, _ = trained.greedy_decode(SOURCE_IDS, SOURCE_LENGTHS, 10)
+    assert greedy_ids.dtype == tf.int32 and np.all(greedy_lengths.numpy() >= 1)
+
+
+def test_float16_and_tfa_decoded_configs_search_with_the_float32_twin(small_dataset, tmp_path):
+    for policy, layer_norm in (("mixed_float16", False), ("mixed_bfloat16", True)):
+        cfg = config_lib.get_experiment("attention_seq2seq/tiny")
+        changes = {
+            "data": {"data_dir": small_dataset.root},
+            "train": {"mixed_precision": policy},
+            "model": {"layer_norm": layer_norm},
+        }
+        cfg = config_lib.validate(config_lib.merge(cfg, changes, "test"))
+        try:
+            trainer = train_loop.Trainer(cfg, str(tmp_path / policy), tf.distribute.get_strategy())
+            assert trainer.search_model() is trainer.decoding_model() is not trainer.model
+        finally:
+            tf.keras.mixed_precision.set_global_policy("float32")
+
+
+def test_evaluation_and_export_translate(mixed_trainer):
     result = mixed_trainer.evaluate("dev", limit=4)
     assert result["sentences"] == 4 and np.isfinite(result["loss"])
     export_dir = export.export_saved_model(mixed_trainer, mixed_trainer.layout.export)
