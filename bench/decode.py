@@ -314,17 +314,19 @@ def run_opennmt(args, data_dir: str, text_dir: str, limit: int) -> dict:
             return {name: tuple(value) for name, value in json.load(f).items()}
 
 
-def _rows(measured: dict, references: list[str], target_tokenizer) -> list[dict]:
+def _rows(measured: dict, references: list[str], target_tokenizer, search_dtype) -> list[dict]:
     rows = []
     for (system, model, mode, streams), (seconds, hypotheses) in measured.items():
         pieces = target_tokenizer.tokenize(tf.constant(hypotheses)).row_lengths().numpy()
         scores = evaluation.corpus_scores(hypotheses, references)
+        fused_in_process = system == "ours" and model == "in_process" and "TFA" not in mode
         rows.append(
             {
                 "system": system,
                 "model": model,
                 "mode": mode,
                 "streams": streams,
+                "products": search_dtype if fused_in_process else "float32",
                 "sentences_per_second": round(len(hypotheses) / seconds, 1),
                 "pieces_per_second": round(int(pieces.sum()) / seconds, 1),
                 "bleu": scores["bleu"],
@@ -403,11 +405,12 @@ def main():
         for name, result in run_opennmt(args, data_dir, text_dir, len(sources)).items():
             model, mode, streams = name.split("/")
             measured[("opennmt-tf", model, mode, int(streams))] = result
-    rows = _rows(measured, references, trainer.target_tokenizer)
-    columns = ["system", "model", "mode", "streams", "sentences_per_second", "pieces_per_second"]
+    search_dtype = trainer.search_model().attention_layer.compute_dtype
+    rows = _rows(measured, references, trainer.target_tokenizer, search_dtype)
     common.print_table(
         rows,
-        [*columns, "bleu", "seconds", "sentences_vs_opennmt", "pieces_vs_opennmt"]
+        ["system", "model", "mode", "streams", "products", "sentences_per_second"]
+        + ["pieces_per_second", "bleu", "seconds", "sentences_vs_opennmt", "pieces_vs_opennmt"]
         + ["sentences_vs_opennmt_1_stream"],
     )
     agree = agreement(trainer, sources, order, args.batch_size)
