@@ -266,7 +266,8 @@ class OutputProjection(tf.keras.layers.Layer):
         """`call` with its weights cast to the compute dtype once, for decoding loops.
 
         Under a mixed policy each call of the layer casts its float32 kernel again: in a search
-        that is a [units, vocabulary] cast per step, more than the step's product itself.
+        that is a cast of the whole [units, vocabulary] kernel per step, which reads twice the
+        bytes that the step's product of a few rows reads from the cast kernel.
         """
         dtype = self.compute_dtype
         kernel, bias = (tf.cast(w, dtype) for w in dense_kernel_and_bias(self.dense))

@@ -104,10 +104,10 @@ class TrainState:
 
         The fused searches (`beam_search`, `decoder_step`) keep states, log-probabilities and
         scores in float32 and run only the matrix products in the compute dtype, as training
-        does, so bfloat16 there costs no BLEU (README, *Precision*) and spares the float32
-        products and the twin's weight copy. TFA's decoders (the other configs) and float16
-        keep the twin. Export does too: a SavedModel is served on machines whose bfloat16 may
-        be emulated.
+        does, so bfloat16 there costs no measurable BLEU (README, *Precision*) and spares the
+        float32 products and the twin's weight copy. TFA's decoders (the other configs) and
+        float16 keep the twin. Export does too: a SavedModel is served on machines whose
+        bfloat16 may be emulated.
         """
         if self.cfg.train.mixed_precision == precision.BFLOAT16 and decoder_step.supports(
             self.cfg.model
