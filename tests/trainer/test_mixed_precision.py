@@ -19,14 +19,21 @@ SOURCE_IDS = tf.constant([[5, 6, 7, 3], [8, 3, 0, 0]])
 SOURCE_LENGTHS = tf.constant([4, 2])
 
 
+def _mixed_cfg(data_dir, policy, **model_changes):
+    """The tiny config on `data_dir` trained under `policy`, with `model_changes`."""
+    changes = {
+        "data": {"data_dir": data_dir},
+        "train": {"mixed_precision": policy},
+        "model": model_changes,
+    }
+    return config_lib.validate(
+        config_lib.merge(config_lib.get_experiment("attention_seq2seq/tiny"), changes, "test")
+    )
+
+
 @pytest.fixture
 def mixed_trainer(small_dataset, tmp_path):
-    cfg = config_lib.get_experiment("attention_seq2seq/tiny")
-    changes = {
-        "data": {"data_dir": small_dataset.root},
-        "train": {"mixed_precision": "mixed_bfloat16"},
-    }
-    cfg = config_lib.validate(config_lib.merge(cfg, changes, "test"))
+    cfg = _mixed_cfg(small_dataset.root, "mixed_bfloat16")
     tf.keras.utils.set_random_seed(0)
     try:
         yield train_loop.Trainer(cfg, str(tmp_path), tf.distribute.get_strategy())
@@ -77,13 +84,7 @@ def test_bfloat16_evaluation_searches_with_the_training_model(mixed_trainer):
 
 def test_float16_and_tfa_decoded_configs_search_with_the_float32_twin(small_dataset, tmp_path):
     for policy, layer_norm in (("mixed_float16", False), ("mixed_bfloat16", True)):
-        cfg = config_lib.get_experiment("attention_seq2seq/tiny")
-        changes = {
-            "data": {"data_dir": small_dataset.root},
-            "train": {"mixed_precision": policy},
-            "model": {"layer_norm": layer_norm},
-        }
-        cfg = config_lib.validate(config_lib.merge(cfg, changes, "test"))
+        cfg = _mixed_cfg(small_dataset.root, policy, layer_norm=layer_norm)
         try:
             trainer = train_loop.Trainer(cfg, str(tmp_path / policy), tf.distribute.get_strategy())
             assert trainer.search_model() is trainer.decoding_model() is not trainer.model
