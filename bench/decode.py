@@ -9,8 +9,11 @@ Set-up, cached under --work (each step is skipped when its output exists):
    SentencePiece models: equal steps of one architecture and recipe give checkpoints of
    comparable quality, which the BLEU column shows (a weak model decodes slower: it runs on to
    the maximum length).
-Then both decode the same test sources in the same run, in length-sorted batches of
---batch_size, with the same beam width, length penalty (0.6) and maximum length (80):
+Then both decode the same test sources in the same run, length-sorted, at most --batch_size
+sentences in flight, with the same beam width, length penalty (0.6) and maximum length (80):
+OpenNMT-tf in batches of --batch_size, ours in calls of --call_size sentences with
+`model.decode_slots` = --batch_size (a sentence that ends hands its place to the next waiting,
+so the steps stay full; TFA's beam search, which cannot, in batches of --batch_size);
 - ours: the live model under `tf.function` as evaluation during training decodes (fused greedy
   and beam search, in bfloat16 products when the model trained in bfloat16; and TFA's beam
   search in float32 as the previous path), and the exported SavedModel (float32; raw strings in
@@ -45,11 +48,13 @@ Two things made the searches look different where they are not:
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -95,13 +100,18 @@ def train_ours(work: str, data_dir: str, steps: int) -> str:
     return model_dir
 
 
-def load_trainer(run_dir: str) -> train_loop.Trainer:
-    """A trainer for the run's saved config with its best (else latest) weights, read-only."""
+def load_trainer(run_dir: str, decode_slots: int = 0) -> train_loop.Trainer:
+    """A trainer for the run's saved config with its best (else latest) weights, read-only;
+    searching `decode_slots` sentences at once when given."""
     layout = paths.RunLayout(run_dir)
     if not tf.io.gfile.exists(layout.config):
         raise SystemExit(f"{layout.config} not found: --run_dir must be a trained model_dir.")
     with tf.io.gfile.GFile(layout.config) as f:
         cfg = config_lib.from_dict(yaml.safe_load(f))
+    if decode_slots:
+        cfg = dataclasses.replace(
+            cfg, model=dataclasses.replace(cfg.model, decode_slots=decode_slots)
+        )
     trainer = train_loop.Trainer(cfg, run_dir, tf.distribute.get_strategy())
     if not trainer.restore_best():
         latest = trainer.checkpoints.manager.latest_checkpoint
@@ -138,12 +148,19 @@ def _id_batches(trainer, sources: list[str], order: list[int], batch_size: int):
     return batches
 
 
+class _Sizes(NamedTuple):
+    """Sentences per call: of the fused searches (which refill) and of TFA's (which cannot)."""
+
+    ours: int
+    tfa: int
+
+
 def _stream_counts(name: str, streams: int) -> list[int]:
     """1 and `streams` for the fused searches; 1 for TFA's (the previous path, for scale)."""
     return [1] if "TFA" in name or streams == 1 else [1, streams]
 
 
-def live_variants(trainer, sources, order, batch_size, streams) -> dict:
+def live_variants(trainer, sources, order, sizes, streams) -> dict:
     """{(variant, streams): (seconds, hypotheses in `order`)} for the in-process model: the
     fused searches on the model evaluation decodes with (`search_model`: bfloat16 products
     when the run trained in bfloat16), TFA's on the float32 `decoding_model`."""
@@ -159,9 +176,9 @@ def live_variants(trainer, sources, order, batch_size, streams) -> dict:
             ids, lengths, *options
         )[0][:, 0],
     }
-    batches = _id_batches(trainer, sources, order, batch_size)
     results = {}
     for name, decoder in decoders.items():
+        batches = _id_batches(trainer, sources, order, sizes.tfa if "TFA" in name else sizes.ours)
         fn = tf.function(decoder, input_signature=_ID_SPECS)
 
         def decode_batch(batch, fn=fn):
@@ -176,9 +193,9 @@ def live_variants(trainer, sources, order, batch_size, streams) -> dict:
     return results
 
 
-def saved_model_variants(trainer, sources, order, batch_size, streams, export_root) -> dict:
+def saved_model_variants(trainer, sources, order, call_size, streams, export_root) -> dict:
     """{(variant, streams): (seconds, hypotheses in `order`)} for SavedModels of the trainer's
-    weights."""
+    weights, called with `call_size` sentences at a time."""
     results = {}
     for name, width in (("greedy", 1), (f"beam{BEAM_WIDTH}", BEAM_WIDTH)):
         export_dir = export.export_saved_model(
@@ -186,8 +203,8 @@ def saved_model_variants(trainer, sources, order, batch_size, streams, export_ro
         )
         signature = serving.load_translator(export_dir)
         batches = [
-            [sources[i] for i in order[start : start + batch_size]]
-            for start in range(0, len(order), batch_size)
+            [sources[i] for i in order[start : start + call_size]]
+            for start in range(0, len(order), call_size)
         ]
 
         def decode_batch(batch, signature=signature):
@@ -356,7 +373,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=os.path.join(common.REPO, "runs", "bench", "decode"))
     parser.add_argument("--limit", type=int, default=0, help="Test sentences (0: all).")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=32,
+        help="Most sentences in flight: OpenNMT-tf's batch, our model.decode_slots.",
+    )
+    parser.add_argument(
+        "--call_size", type=int, default=256, help="Sentences per call of our searches."
+    )
     parser.add_argument(
         "--streams",
         type=int,
@@ -378,12 +403,16 @@ def main():
     )
     args = parser.parse_args()
     data_dir = prepare_dataset(args.work)
-    trainer = load_trainer(args.run_dir or train_ours(args.work, data_dir, args.steps))
+    run_dir = args.run_dir or train_ours(args.work, data_dir, args.steps)
+    trainer = load_trainer(run_dir, decode_slots=args.batch_size)
     sources, references = evaluate_main.read_split(data_dir, "test")
     if args.limit:
         sources, references = sources[: args.limit], references[: args.limit]
     order = serving.length_order(sources)
-    print(f"step {trainer.step}: {len(sources)} test sentences, batches of {args.batch_size}")
+    print(
+        f"step {trainer.step}: {len(sources)} test sentences, at most {args.batch_size} in "
+        f"flight, ours in calls of {args.call_size}"
+    )
     if args.agreement_only:
         agree = agreement(trainer, sources, order, args.batch_size)
         print("fused vs TFA beam search:", json.dumps(agree, indent=1))
@@ -392,12 +421,13 @@ def main():
         return
     text_dir = write_texts(args.work, data_dir, sources, references)
     measured = {}
-    live = live_variants(trainer, sources, order, args.batch_size, args.streams)
+    sizes = _Sizes(ours=args.call_size, tfa=args.batch_size)
+    live = live_variants(trainer, sources, order, sizes, args.streams)
     for (mode, streams), result in live.items():
         measured[("ours", "in_process", mode, streams)] = result
     with tempfile.TemporaryDirectory(prefix="bench-decode-") as export_root:
         variants = saved_model_variants(
-            trainer, sources, order, args.batch_size, args.streams, export_root
+            trainer, sources, order, args.call_size, args.streams, export_root
         )
     for (mode, streams), result in variants.items():
         measured[("ours", "saved_model", mode, streams)] = result
@@ -419,6 +449,7 @@ def main():
         "step": trainer.step,
         "sentences": len(sources),
         "batch_size": args.batch_size,
+        "call_size": args.call_size,
         "streams": args.streams,
         "beam_width": BEAM_WIDTH,
         "results": rows,

@@ -82,6 +82,11 @@ class ModelConfig:
     length_penalty: float = _field(0.6, "GNMT length penalty weight (0 disables).")
     coverage_penalty: float = _field(0.0, "GNMT coverage penalty weight (0 disables).")
     max_decode_length: int = _field(80, "Longest translation in pieces.")
+    decode_slots: int = _field(
+        32,
+        "Most sentences a fused search decodes at once (each with its beams); the others of "
+        "the same call wait, and each takes the place of one that ends.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,6 +356,7 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
         "model.encoder_layers": model.encoder_layers,
         "model.decoder_layers": model.decoder_layers,
         "model.beam_width": model.beam_width,
+        "model.decode_slots": model.decode_slots,
         "train.train_steps": train.train_steps,
         "train.steps_per_loop": train.steps_per_loop,
         "train.checkpoint_every": train.checkpoint_every,

@@ -8,6 +8,9 @@ What makes it fast, against TFA's decoder on the same weights:
 - A sentence whose beams have all ended leaves the loop state at once (its results are written
   out), so later steps run on the sentences still being translated, and the loop stops when
   none is left.
+- With `slots`, at most that many sentences are in flight: a sentence that ends hands its rows
+  to the next one waiting, so the steps run full instead of dwindling to the batch's longest
+  translation (continuous batching). The encoder runs once for all of them.
 
 The scores are TFA's (GNMT): log probability / ((5 + length) / 6) ** length_penalty, plus, for
 finished hypotheses, coverage_penalty * sum(log(min(accumulated attention, 1))) over source
@@ -35,6 +38,7 @@ class _Beams(NamedTuple):
     """The loop state of the sentences still being translated, [b, k, ...]."""
 
     rows: object  # [b] the sentences' rows in the batch
+    positions: object  # [b] steps each sentence has run
     tokens: object  # [b, k] the last token of each hypothesis
     log_probs: object  # [b, k] summed log probabilities
     scores: object  # [b, k] scores as last ranked
@@ -177,7 +181,7 @@ def _candidates(project, finished, attention, beam_width: int):
     return tf.reshape(step_log_probs, new_shape), tf.reshape(tokens, new_shape)
 
 
-def _advance(beams: _Beams, step_log_probs, tokens, alignment, t, options: _Options):
+def _advance(beams: _Beams, step_log_probs, tokens, alignment, options: _Options):
     """Ranks the candidates and keeps the best k per sentence (TFA's `_beam_search_step`)."""
     beam_width, length_weight, coverage_weight = options
     running = tf.logical_not(beams.finished)
@@ -196,7 +200,7 @@ def _advance(beams: _Beams, step_log_probs, tokens, alignment, t, options: _Opti
     new_tokens = tf.gather(tf.reshape(tokens, [batch, -1]), best, batch_dims=1)
     parent_finished = tf.gather(beams.finished, parents, batch_dims=1)
     sequences = tf.gather(beams.sequences, parents, batch_dims=1)
-    at_t = tf.one_hot(t, tf.shape(sequences)[2], on_value=True, off_value=False)
+    at_t = tf.one_hot(beams.positions, tf.shape(sequences)[2], on_value=True, off_value=False)
     return beams._replace(
         tokens=new_tokens,
         log_probs=tf.gather(tf.reshape(total, [batch, -1]), best, batch_dims=1),
@@ -204,9 +208,10 @@ def _advance(beams: _Beams, step_log_probs, tokens, alignment, t, options: _Opti
         lengths=tf.gather(beams.lengths, parents, batch_dims=1)
         + tf.cast(tf.logical_not(parent_finished), tf.int32),
         finished=tf.logical_or(parent_finished, tf.equal(new_tokens, EOS)),
-        sequences=tf.where(at_t, new_tokens[:, :, None], sequences),
+        sequences=tf.where(at_t[:, None], new_tokens[:, :, None], sequences),
         coverage=tf.gather(coverage, parents, batch_dims=1),
         state=decoder_step.gather(beams.state, parents, batch_dims=1),
+        positions=beams.positions + 1,
     )
 
 
@@ -236,53 +241,110 @@ def _write(results: _Results, beams: _Beams, which) -> _Results:
     )
 
 
-def _retire(beams: _Beams, results: _Results, ended, options: _Options):
-    """Writes out the sentences whose beams have all ended and drops them from the loop."""
+def _refill(flight, going, queued: "_Queue", fresh):
+    """The loop state without the sentences not `going`, topped up from the queue: a gather
+    and a concatenation only on steps where a sentence left (not a copy of every state and
+    memory each step).
 
-    def retire():
-        written = _write(results, _rerank(beams, options), ended)
-        keep = tf.cast(tf.where(tf.logical_not(ended))[:, 0], tf.int32)
-        return tf.nest.map_structure(lambda t: tf.gather(t, keep), beams), written
+    Args:
+      flight: a loop state (`_Beams` or `_Greedy`) whose every tensor is [b, ...].
+      going: [b] bool, the sentences that stay.
+      queued: the sentences not yet started.
+      fresh: rows [n] -> the loop state of those sentences before their first step.
 
-    return tf.cond(tf.reduce_any(ended), retire, lambda: (beams, results))
+    Returns:
+      (the new loop state, the new `queued.next_row`).
+    """
+
+    def refill():
+        keep = tf.cast(tf.where(going)[:, 0], tf.int32)
+        kept = tf.nest.map_structure(lambda x: tf.gather(x, keep), flight)
+        count = tf.maximum(
+            tf.minimum(queued.slots - tf.size(keep), queued.total - queued.next_row), 0
+        )
+        added = fresh(tf.range(queued.next_row, queued.next_row + count))
+        joined = tf.nest.map_structure(lambda a, b: tf.concat([a, b], axis=0), kept, added)
+        return joined, queued.next_row + count
+
+    return tf.cond(tf.reduce_all(going), lambda: (flight, queued.next_row), refill)
 
 
-def _start(seq2seq, source_ids, source_lengths, beam_width: int, max_length: int, coverage: bool):
-    """The loop state before the first step: one live beam per sentence, the rest empty."""
-    memory = decoder_step.encode(seq2seq, source_ids, source_lengths)
-    batch = tf.shape(source_ids)[0]
+class _Queue(NamedTuple):
+    """The sentences waiting for a slot: rows `next_row` .. `total` - 1 of the batch."""
+
+    next_row: object  # int32 scalar, a loop variable
+    total: object  # int32 scalar: the batch's sentences
+    slots: object  # int32 scalar: most sentences in flight at once
+
+
+def _queue(source_ids, slots) -> _Queue:
+    """An empty flight's queue: every sentence waits; `slots` None lets all in at once."""
+    total = tf.shape(source_ids)[0]
+    return _Queue(tf.constant(0), total, total if slots is None else tf.convert_to_tensor(slots))
+
+
+def _first(queued: _Queue, fresh):
+    """The flight before the first step and the next waiting row: the first `slots` sentences."""
+    count = tf.minimum(queued.slots, queued.total)
+    return fresh(tf.range(count)), count
+
+
+def _fresh_beams(
+    seq2seq, memory: decoder_step.Memory, beam_width: int, max_length: int, coverage: bool
+):
+    """rows -> the loop state of those sentences before their first step: one live beam per
+    sentence, the rest empty, and their rows of the batch's encoded `memory`."""
     first = tf.range(beam_width) == 0
-    # As in TFA: the other beams start finished with log-probability -inf, so step 0 expands
-    # the first beam only.
-    finished = tf.tile(tf.logical_not(first)[None], [batch, 1])
-    log_probs = tf.where(finished, -float("inf"), 0.0)
-    source_width = tf.shape(source_ids)[1] if coverage else 0
-    return _Beams(
-        rows=tf.range(batch),
-        tokens=tf.fill([batch, beam_width], vocab_lib.BOS_ID),
-        log_probs=log_probs,
-        scores=log_probs,
-        lengths=tf.zeros([batch, beam_width], tf.int32),
-        finished=finished,
-        sequences=tf.fill([batch, beam_width, max_length], EOS),
-        coverage=tf.zeros([batch, beam_width, source_width], _FLOAT),
-        state=decoder_step.initial_state(batch, beam_width, seq2seq),
-        memory=memory,
-    )
+    source_width = tf.shape(memory.values)[1] if coverage else 0
+
+    def fresh(rows):
+        batch = tf.size(rows)
+        # As in TFA: the other beams start finished with log-probability -inf, so step 0
+        # expands the first beam only.
+        finished = tf.tile(tf.logical_not(first)[None], [batch, 1])
+        log_probs = tf.where(finished, -float("inf"), 0.0)
+        return _Beams(
+            rows=rows,
+            positions=tf.zeros([batch], tf.int32),
+            tokens=tf.fill([batch, beam_width], vocab_lib.BOS_ID),
+            log_probs=log_probs,
+            scores=log_probs,
+            lengths=tf.zeros([batch, beam_width], tf.int32),
+            finished=finished,
+            sequences=tf.fill([batch, beam_width, max_length], EOS),
+            coverage=tf.zeros([batch, beam_width, source_width], _FLOAT),
+            state=decoder_step.initial_state(batch, beam_width, seq2seq),
+            memory=decoder_step.gather(memory, rows, batch_dims=0),
+        )
+
+    return fresh
+
+
+def _loose(flight):
+    """`tf.while_loop` shape invariants of a loop state whose sentences come and go."""
+    loose = tf.nest.map_structure(lambda t: tf.TensorShape([None, *t.shape[1:]]), flight)
+    return loose._replace(memory=decoder_step.memory_invariants(flight.memory))
 
 
 def _invariants(beams: _Beams):
     """Shape invariants: the number of sentences (and the source width) changes in the loop."""
+    return _loose(beams)._replace(coverage=tf.TensorShape([None, beams.coverage.shape[1], None]))
 
-    def loose(t):
-        return tf.TensorShape([None, *t.shape[1:]])
 
-    return beams._replace(
-        **{name: loose(getattr(beams, name)) for name in _Beams._fields[:-3]},
-        coverage=tf.TensorShape([None, beams.coverage.shape[1], None]),
-        state=tf.nest.map_structure(loose, beams.state),
-        memory=decoder_step.memory_invariants(beams.memory),
-    )
+def _retire(beams: _Beams, results: _Results, options: _Options, max_length: int):
+    """Writes out the sentences whose beams have all ended (ranked once more by their final
+    scores) and those that reached `max_length` (as they are: on the last step TFA ranks
+    nothing again), and says which stay."""
+    at_limit = beams.positions >= max_length
+    ended = tf.logical_and(tf.reduce_all(beams.finished, axis=1), tf.logical_not(at_limit))
+    leaving = tf.logical_or(ended, at_limit)
+
+    def write():
+        written = _write(results, _rerank(beams, options), ended)
+        return _write(written, beams, at_limit)
+
+    results = tf.cond(tf.reduce_any(leaving), write, lambda: results)
+    return results, tf.logical_not(leaving)
 
 
 def beam_search(
@@ -293,129 +355,138 @@ def beam_search(
     length_penalty_weight: float,
     coverage_penalty_weight: float,
     max_length: int,
+    slots=None,
 ):
     """Beam search: (ids [B, k, T], scores [B, k], lengths [B, k]), best first.
 
     The same contract as TFA's `BeamSearchDecoder` under `model.Seq2Seq.beam_search`: ids are
-    EOS-filled after each hypothesis ends, T is the number of steps run, lengths count EOS.
+    EOS-filled after each hypothesis ends, T is the most steps any sentence ran, lengths count
+    EOS. Results do not depend on `slots`.
 
     Args:
       seq2seq: a `model.Seq2Seq` for which `decoder_step.supports(seq2seq.cfg)`.
       source_ids, source_lengths: [B, S] and [B] int32.
       beam_width, length_penalty_weight, coverage_penalty_weight, max_length: Python numbers.
+      slots: most sentences decoded at once (each with `beam_width` hypotheses), the others
+        waiting for one to end; None: all B.
     """
     options = _Options(beam_width, float(length_penalty_weight), float(coverage_penalty_weight))
     weights = decoder_step.step_weights(seq2seq, seq2seq.attention_layer.compute_dtype)
     project = seq2seq.projection.precast()
-    beams = _start(
-        seq2seq, source_ids, source_lengths, beam_width, max_length, bool(options.coverage_weight)
-    )
-    batch = tf.shape(source_ids)[0]
+    memory = decoder_step.encode(seq2seq, source_ids, source_lengths)
+    fresh = _fresh_beams(seq2seq, memory, beam_width, max_length, bool(options.coverage_weight))
+    queued = _queue(source_ids, slots)
+    beams, next_row = _first(queued, fresh)
+    batch = queued.total
     results = _Results(
         ids=tf.fill([batch, beam_width, max_length], EOS),
         scores=tf.zeros([batch, beam_width], _FLOAT),
         lengths=tf.zeros([batch, beam_width], tf.int32),
     )
 
-    def body(t, beams, results):
+    def body(longest, next_row, beams, results):
         embedded = seq2seq.target_embedding(beams.tokens)
         attention, state, alignment = decoder_step.step(
             weights, beams.memory, beams.state, embedded
         )
         beams = beams._replace(state=state)
         step_log_probs, tokens = _candidates(project, beams.finished, attention, beam_width)
-        beams = _advance(beams, step_log_probs, tokens, alignment, t, options)
-        # On the last step TFA ranks nothing again, so neither does this.
-        ended = tf.logical_and(tf.reduce_all(beams.finished, axis=1), t + 1 < max_length)
-        beams, results = _retire(beams, results, ended, options)
-        return t + 1, beams, results
+        beams = _advance(beams, step_log_probs, tokens, alignment, options)
+        longest = tf.maximum(longest, tf.reduce_max(beams.positions))
+        results, going = _retire(beams, results, options, max_length)
+        beams, next_row = _refill(beams, going, queued._replace(next_row=next_row), fresh)
+        return longest, next_row, beams, results
 
-    steps, beams, results = tf.while_loop(
-        lambda t, beams, _: tf.logical_and(t < max_length, tf.size(beams.rows) > 0),
+    longest, _, _, results = tf.while_loop(
+        lambda _, __, beams, ___: tf.size(beams.rows) > 0,
         body,
-        (tf.constant(0), beams, results),
+        (tf.constant(0), next_row, beams, results),
         shape_invariants=(
+            tf.TensorShape([]),
             tf.TensorShape([]),
             _invariants(beams),
             tf.nest.map_structure(lambda t: t.shape, results),
         ),
     )
-    results = _write(results, beams, tf.ones_like(beams.rows, tf.bool))
-    return results.ids[:, :, :steps], results.scores, results.lengths
+    return results.ids[:, :, :longest], results.scores, results.lengths
 
 
 class _Greedy(NamedTuple):
-    """The greedy loop state of the sentences still being translated."""
+    """The greedy loop state of the sentences in flight."""
 
     rows: object  # [b] the sentences' rows in the batch
+    positions: object  # [b] steps each sentence has run
     tokens: object  # [b, 1] the last token
     state: decoder_step.State
     memory: decoder_step.Memory
 
 
-def _drop_ended(greedy: _Greedy, going) -> _Greedy:
-    """The loop state without the sentences that just ended: a gather only on steps where any
-    did (in length-sorted batches, a few steps), not a copy of every state and memory each step."""
+def _fresh_greedy(seq2seq, memory: decoder_step.Memory):
+    """rows -> the greedy loop state of those sentences before their first step."""
 
-    def drop():
-        keep = tf.cast(tf.where(going)[:, 0], tf.int32)
-        return tf.nest.map_structure(lambda x: tf.gather(x, keep), greedy)
+    def fresh(rows):
+        batch = tf.size(rows)
+        return _Greedy(
+            rows=rows,
+            positions=tf.zeros([batch], tf.int32),
+            tokens=tf.fill([batch, 1], vocab_lib.BOS_ID),
+            state=decoder_step.initial_state(batch, 1, seq2seq),
+            memory=decoder_step.gather(memory, rows, batch_dims=0),
+        )
 
-    return tf.cond(tf.reduce_all(going), lambda: greedy, drop)
+    return fresh
 
 
-def greedy_decode(seq2seq, source_ids, source_lengths, max_length: int, log_probs: bool = False):
+def greedy_decode(
+    seq2seq, source_ids, source_lengths, max_length: int, log_probs: bool = False, slots=None
+):
     """Greedy translation: (ids [B, T], lengths [B], summed log-probabilities [B] or None).
 
     TFA's `BasicDecoder` with `GreedyEmbeddingSampler` takes the same choices (argmax of the
-    logits); a sentence leaves the loop at its EOS. Each step writes one token per sentence of
-    the batch (EOS for those that have left), so the loop carries no ids. With `log_probs`, each
-    step also writes the chosen token's log-probability (EOS's included), which costs one pass
-    over the step's logits more.
+    logits); a sentence leaves the loop at its EOS, and with `slots` (most sentences at once;
+    None: all B) the next waiting sentence takes its place. Each step writes one token per
+    sentence in flight into [B, max_length] EOS-filled ids. With `log_probs`, each step also
+    adds the chosen token's log-probability (EOS's included), which costs one pass over the
+    step's logits more.
     """
     weights = decoder_step.step_weights(seq2seq, seq2seq.attention_layer.compute_dtype)
     project = seq2seq.projection.precast()
-    batch = tf.shape(source_ids)[0]
-    greedy = _Greedy(
-        rows=tf.range(batch),
-        tokens=tf.fill([batch, 1], vocab_lib.BOS_ID),
-        state=decoder_step.initial_state(batch, 1, seq2seq),
-        memory=decoder_step.encode(seq2seq, source_ids, source_lengths),
-    )
-    emitted = tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None])
-    chosen_log_probs = tf.TensorArray(_FLOAT, size=0, dynamic_size=True, element_shape=[None])
+    fresh = _fresh_greedy(seq2seq, decoder_step.encode(seq2seq, source_ids, source_lengths))
+    queued = _queue(source_ids, slots)
+    greedy, next_row = _first(queued, fresh)
+    batch = queued.total
+    ids = tf.fill([batch, max_length], EOS)
+    summed = tf.zeros([batch], _FLOAT)
 
-    def for_batch(rows, values, left):
-        """[b] values of the sentences in the loop as [B], `left` for those that have left."""
-        return tf.tensor_scatter_nd_update(tf.fill([batch], left), rows[:, None], values)
-
-    def body(t, greedy, emitted, chosen_log_probs):
+    def body(next_row, greedy, ids, summed):
         embedded = seq2seq.target_embedding(greedy.tokens)
         attention, state, _ = decoder_step.step(weights, greedy.memory, greedy.state, embedded)
         logits = tf.cast(project(attention[:, 0]), _FLOAT)
         # One pass, and the lowest index among equal logits, as `tf.math.top_k` and TFA's
         # greedy sampler's argmax take it.
         tokens = tf.argmax(logits, axis=1, output_type=tf.int32)
-        emitted = emitted.write(t, for_batch(greedy.rows, tokens, EOS))
+        at = tf.stack([greedy.rows, greedy.positions], axis=1)
+        ids = tf.tensor_scatter_nd_update(ids, at, tokens)
         if log_probs:
             best = tf.reduce_max(logits, axis=1, keepdims=True)
             scored = _log_softmax_at(logits, best, tokens[:, None], best)[:, 0]
-            chosen_log_probs = chosen_log_probs.write(t, for_batch(greedy.rows, scored, 0.0))
-        greedy = greedy._replace(tokens=tokens[:, None], state=state)
-        return t + 1, _drop_ended(greedy, tf.not_equal(tokens, EOS)), emitted, chosen_log_probs
+            summed = tf.tensor_scatter_nd_add(summed, greedy.rows[:, None], scored)
+        greedy = greedy._replace(
+            tokens=tokens[:, None], state=state, positions=greedy.positions + 1
+        )
+        going = tf.logical_and(tf.not_equal(tokens, EOS), greedy.positions < max_length)
+        greedy, next_row = _refill(greedy, going, queued._replace(next_row=next_row), fresh)
+        return next_row, greedy, ids, summed
 
-    loose = tf.nest.map_structure(lambda t: tf.TensorShape([None, *t.shape[1:]]), greedy)
-    loose = loose._replace(memory=decoder_step.memory_invariants(greedy.memory))
-    _, _, emitted, chosen_log_probs = tf.while_loop(
-        lambda t, greedy, *_: tf.logical_and(t < max_length, tf.size(greedy.rows) > 0),
+    _, _, ids, summed = tf.while_loop(
+        lambda _, greedy, *__: tf.size(greedy.rows) > 0,
         body,
-        (tf.constant(0), greedy, emitted, chosen_log_probs),
-        shape_invariants=(tf.TensorShape([]), loose, tf.TensorShape(None), tf.TensorShape(None)),
+        (next_row, greedy, ids, summed),
+        shape_invariants=(tf.TensorShape([]), _loose(greedy), ids.shape, summed.shape),
     )
-    ids = tf.transpose(emitted.stack())
     is_eos = tf.equal(ids, EOS)
     # A sentence that never ended ran to `max_length`.
     ended_at = tf.argmax(tf.cast(is_eos, tf.int32), axis=1, output_type=tf.int32) + 1
     lengths = tf.where(tf.reduce_any(is_eos, axis=1), ended_at, max_length)
-    summed = tf.reduce_sum(chosen_log_probs.stack(), axis=0) if log_probs else None
-    return ids, lengths, summed
+    longest = tf.reduce_max(tf.concat([lengths, [0]], axis=0))
+    return ids[:, :longest], lengths, summed if log_probs else None

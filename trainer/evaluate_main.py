@@ -23,7 +23,9 @@ from trainer import evaluation, serving  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", None, "Exported SavedModel directory.")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the hypotheses here, one per line.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Sentences per call.", lower_bound=1)
+_BATCH = flags.DEFINE_integer(
+    "batch_size", serving.DEFAULT_CALL_SIZE, serving.CALL_SIZE_HELP, lower_bound=1
+)
 _STREAMS = flags.DEFINE_integer(
     "streams", serving.DEFAULT_STREAMS, "Batches decoded at once (threads).", lower_bound=1
 )

@@ -78,6 +78,7 @@ def export_saved_model(
         "schema_version": features.SCHEMA_VERSION,
         "step": trainer.step,
         "decode_options": options,
+        "decode_slots": model_cfg.decode_slots,
         "vocab_fingerprints": trainer.metadata["vocab"],
         "signature": SERVING_SIGNATURE,
         "outputs": list(SIGNATURE_KEYS),

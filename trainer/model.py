@@ -195,12 +195,13 @@ class Seq2Seq(tf.keras.Model):
         """Greedy translation: (ids [B, T], lengths [B], final decoder state).
 
         Runs `beam_search.greedy_decode` (no decoder state: None) where `decoder_step` covers
-        the model and no alignment history is asked for; else TFA's decoder.
+        the model and no alignment history is asked for, `cfg.decode_slots` sentences at once;
+        else TFA's decoder.
         """
         if decoder_step.supports(self.cfg) and not alignment_history:
             max_length = max_length or self.cfg.max_decode_length
             ids, lengths, _ = beam_search.greedy_decode(
-                self, source_ids, source_lengths, max_length
+                self, source_ids, source_lengths, max_length, slots=self.cfg.decode_slots
             )
             return ids, lengths, None
         initial_state = self._encode_for_decoding(source_ids, source_lengths, 1, alignment_history)
@@ -230,7 +231,8 @@ class Seq2Seq(tf.keras.Model):
     ):
         """Beam search: (ids [B, beam, T], scores [B, beam], lengths [B, beam]), best first.
 
-        Runs `beam_search.beam_search` where `decoder_step` covers the model, else TFA's. A
+        Runs `beam_search.beam_search` where `decoder_step` covers the model (at most
+        `cfg.decode_slots` sentences at once, the rest waiting for one to end), else TFA's. A
         width of 1 is greedy search there, as in OpenNMT-tf: the argmax at every step, scored
         as a beam would be (log-probability over the length penalty). Beam search of width 1
         differs from it only where the length penalty makes EOS lose to a less likely token;
@@ -244,12 +246,14 @@ class Seq2Seq(tf.keras.Model):
         options = (beam_width, length_penalty, coverage_penalty, max_length)
         if decoder_step.supports(cfg) and beam_width == 1 and not coverage_penalty:
             ids, lengths, log_probs = beam_search.greedy_decode(
-                self, source_ids, source_lengths, max_length, log_probs=True
+                self, source_ids, source_lengths, max_length, True, cfg.decode_slots
             )
             scores = log_probs / beam_search.length_penalty(lengths, length_penalty)
             return ids[:, None], scores[:, None], lengths[:, None]
         if decoder_step.supports(cfg):
-            return beam_search.beam_search(self, source_ids, source_lengths, *options)
+            return beam_search.beam_search(
+                self, source_ids, source_lengths, *options, slots=cfg.decode_slots
+            )
         return self.tfa_beam_search(source_ids, source_lengths, *options)
 
     def tfa_beam_search(

@@ -18,7 +18,9 @@ from trainer import serving  # noqa: E402
 _MODEL = flags.DEFINE_string("model", None, "Exported SavedModel directory.")
 _INPUT = flags.DEFINE_string("input", None, "File of source sentences, one per line ('-': stdin).")
 _OUTPUT = flags.DEFINE_string("output", None, "Write translations here instead of stdout.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Sentences per call.", lower_bound=1)
+_BATCH = flags.DEFINE_integer(
+    "batch_size", serving.DEFAULT_CALL_SIZE, serving.CALL_SIZE_HELP, lower_bound=1
+)
 _STREAMS = flags.DEFINE_integer(
     "streams", serving.DEFAULT_STREAMS, "Batches decoded at once (threads).", lower_bound=1
 )

@@ -168,6 +168,49 @@ def test_a_sentence_decodes_the_same_alone_and_in_a_batch(lively):
         np.testing.assert_allclose(alone[1][0], scores[row], atol=1e-5)
 
 
+def test_results_do_not_depend_on_the_sentences_in_flight(lively):
+    """With `slots`, a sentence that ends hands its place to the next one waiting: every
+    sentence still gets what it gets with the whole batch in flight, and ids are as long as the
+    longest needed. Graph mode with unknown shapes, as the SavedModel runs it."""
+    seq2seq, source_ids, source_lengths = lively
+    specs = [tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)]
+
+    def searches(slots):
+        @tf.function(input_signature=specs)
+        def search(ids, lengths):
+            return beam_search.beam_search(
+                seq2seq, ids, lengths, 3, 0.6, 0.2, MAX_LENGTH, slots=slots
+            )
+
+        @tf.function(input_signature=specs)
+        def greedy(ids, lengths):
+            return beam_search.greedy_decode(
+                seq2seq, ids, lengths, MAX_LENGTH, log_probs=True, slots=slots
+            )
+
+        return search(source_ids, source_lengths), greedy(source_ids, source_lengths)
+
+    (all_ids, all_scores, all_lengths), all_greedy = searches(None)
+    assert len(set(all_greedy[1].numpy())) >= 3, "sentences must end at different steps"
+    for slots in (1, 7):
+        (ids, scores, lengths), greedy = searches(slots)
+        np.testing.assert_array_equal(ids, all_ids)
+        np.testing.assert_array_equal(lengths, all_lengths)
+        np.testing.assert_allclose(scores, all_scores, atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(greedy[0], all_greedy[0])
+        np.testing.assert_array_equal(greedy[1], all_greedy[1])
+        np.testing.assert_allclose(greedy[2], all_greedy[2], atol=1e-5, rtol=0)
+
+
+def test_an_empty_batch_decodes_to_nothing(lively):
+    seq2seq, _, _ = lively
+    ids = tf.zeros([0, 5], tf.int32)
+    lengths = tf.zeros([0], tf.int32)
+    beams = beam_search.beam_search(seq2seq, ids, lengths, 3, 0.6, 0.2, MAX_LENGTH, slots=2)
+    greedy = beam_search.greedy_decode(seq2seq, ids, lengths, MAX_LENGTH, slots=2)
+    assert [t.shape[0] for t in (*beams, greedy[0], greedy[1])] == [0] * 5
+
+
 def test_greedy_equals_tfa_greedy(lively):
     seq2seq, source_ids, source_lengths = lively
     ids, lengths, _ = seq2seq.greedy_decode(source_ids, source_lengths, MAX_LENGTH)
