@@ -16,8 +16,9 @@ OpenNMT-tf in batches of --batch_size, ours in calls of --call_size sentences wi
 so the steps stay full; TFA's beam search, which cannot, in batches of --batch_size);
 - ours: the live model under `tf.function` as evaluation during training decodes (fused greedy
   and beam search, in bfloat16 products when the model trained in bfloat16; and TFA's beam
-  search in float32 as the previous path), and the exported SavedModel (float32; raw strings in
-  and out; beam 1 for greedy);
+  search in float32 as the previous path), and the exported SavedModel (raw strings in and out;
+  beam 1 for greedy): float32 (the default export) and, where the run searches in bfloat16,
+  bfloat16 products (`model.export_precision=mixed_bfloat16`);
 - OpenNMT-tf: its model's serving function in-process (pieces in and out) and its exported
   SavedModel (SentencePiece in Python around it).
 Each variant is warmed up on one batch, then timed over all, one batch at a time and --streams
@@ -49,6 +50,7 @@ Two things made the searches look different where they are not:
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -65,7 +67,15 @@ import yaml  # noqa: E402
 from bench import common  # noqa: E402
 from pipeline import config as config_lib  # noqa: E402
 from pipeline import console, paths  # noqa: E402
-from trainer import data, evaluate_main, evaluation, export, serving, train_loop  # noqa: E402
+from trainer import (  # noqa: E402
+    data,
+    evaluate_main,
+    evaluation,
+    export,
+    precision,
+    serving,
+    train_loop,
+)
 
 BEAM_WIDTH = 4
 ONMT_DIR = os.path.join(common.REPO, "bench", "opennmt_reference")
@@ -161,9 +171,9 @@ def _stream_counts(name: str, streams: int) -> list[int]:
 
 
 def live_variants(trainer, sources, order, sizes, streams) -> dict:
-    """{(variant, streams): (seconds, hypotheses in `order`)} for the in-process model: the
-    fused searches on the model evaluation decodes with (`search_model`: bfloat16 products
-    when the run trained in bfloat16), TFA's on the float32 `decoding_model`."""
+    """{(variant, streams, products): (seconds, hypotheses in `order`)} for the in-process
+    model: the fused searches on the model evaluation decodes with (`search_model`: bfloat16
+    products when the run trained in bfloat16), TFA's on the float32 `decoding_model`."""
     searching, reference = trainer.search_model(), trainer.decoding_model()
     cfg = searching.cfg
     options = (BEAM_WIDTH, cfg.length_penalty, cfg.coverage_penalty, cfg.max_decode_length)
@@ -187,20 +197,32 @@ def live_variants(trainer, sources, order, sizes, streams) -> dict:
             text = trainer.target_tokenizer.detokenize(tf.ragged.constant(pieces, dtype=tf.int32))
             return [t.decode("utf-8") for t in text.numpy()]
 
+        products = "float32" if "TFA" in name else searching.attention_layer.compute_dtype
         for count in _stream_counts(name, streams):
-            result = results[(name, count)] = _timed(decode_batch, batches, order, count)
+            result = results[(name, count, products)] = _timed(decode_batch, batches, order, count)
             print(f"ours, in-process, {name}, {count} stream(s): {result[0]:.1f} s", flush=True)
     return results
 
 
 def saved_model_variants(trainer, sources, order, call_size, streams, export_root) -> dict:
-    """{(variant, streams): (seconds, hypotheses in `order`)} for SavedModels of the trainer's
-    weights, called with `call_size` sentences at a time."""
+    """{(variant, streams, products): (seconds, hypotheses in `order`)} for SavedModels of the
+    trainer's weights, called with `call_size` sentences at a time: the default float32 export,
+    and the bfloat16 one (`model.export_precision`) where the run searches in bfloat16 (this
+    host computes it natively)."""
+    precisions = [precision.FLOAT32]
+    if trainer.search_model().attention_layer.compute_dtype == "bfloat16":
+        precisions.append(precision.BFLOAT16)
     results = {}
-    for name, width in (("greedy", 1), (f"beam{BEAM_WIDTH}", BEAM_WIDTH)):
+    for (name, width), products in itertools.product(
+        (("greedy", 1), (f"beam{BEAM_WIDTH}", BEAM_WIDTH)), precisions
+    ):
         export_dir = export.export_saved_model(
-            trainer, os.path.join(export_root, name), beam_width=width
+            trainer,
+            os.path.join(export_root, name + products),
+            beam_width=width,
+            precision=products,
         )
+        products = "bfloat16" if products == precision.BFLOAT16 else "float32"
         signature = serving.load_translator(export_dir)
         batches = [
             [sources[i] for i in order[start : start + call_size]]
@@ -212,8 +234,11 @@ def saved_model_variants(trainer, sources, order, call_size, streams, export_roo
             return [t.decode("utf-8") for t in out]
 
         for count in _stream_counts(name, streams):
-            result = results[(name, count)] = _timed(decode_batch, batches, order, count)
-            print(f"ours, SavedModel, {name}, {count} stream(s): {result[0]:.1f} s", flush=True)
+            result = results[(name, count, products)] = _timed(decode_batch, batches, order, count)
+            print(
+                f"ours, SavedModel ({products}), {name}, {count} stream(s): {result[0]:.1f} s",
+                flush=True,
+            )
     return results
 
 
@@ -331,19 +356,18 @@ def run_opennmt(args, data_dir: str, text_dir: str, limit: int) -> dict:
             return {name: tuple(value) for name, value in json.load(f).items()}
 
 
-def _rows(measured: dict, references: list[str], target_tokenizer, search_dtype) -> list[dict]:
+def _rows(measured: dict, references: list[str], target_tokenizer) -> list[dict]:
     rows = []
-    for (system, model, mode, streams), (seconds, hypotheses) in measured.items():
+    for (system, model, mode, streams, products), (seconds, hypotheses) in measured.items():
         pieces = target_tokenizer.tokenize(tf.constant(hypotheses)).row_lengths().numpy()
         scores = evaluation.corpus_scores(hypotheses, references)
-        fused_in_process = system == "ours" and model == "in_process" and "TFA" not in mode
         rows.append(
             {
                 "system": system,
                 "model": model,
                 "mode": mode,
                 "streams": streams,
-                "products": search_dtype if fused_in_process else "float32",
+                "products": products,
                 "sentences_per_second": round(len(hypotheses) / seconds, 1),
                 "pieces_per_second": round(int(pieces.sum()) / seconds, 1),
                 "bleu": scores["bleu"],
@@ -423,20 +447,19 @@ def main():
     measured = {}
     sizes = _Sizes(ours=args.call_size, tfa=args.batch_size)
     live = live_variants(trainer, sources, order, sizes, args.streams)
-    for (mode, streams), result in live.items():
-        measured[("ours", "in_process", mode, streams)] = result
+    for key, result in live.items():
+        measured[("ours", "in_process", *key)] = result
     with tempfile.TemporaryDirectory(prefix="bench-decode-") as export_root:
         variants = saved_model_variants(
             trainer, sources, order, args.call_size, args.streams, export_root
         )
-    for (mode, streams), result in variants.items():
-        measured[("ours", "saved_model", mode, streams)] = result
+    for key, result in variants.items():
+        measured[("ours", "saved_model", *key)] = result
     if not args.skip_opennmt:
         for name, result in run_opennmt(args, data_dir, text_dir, len(sources)).items():
             model, mode, streams = name.split("/")
-            measured[("opennmt-tf", model, mode, int(streams))] = result
-    search_dtype = trainer.search_model().attention_layer.compute_dtype
-    rows = _rows(measured, references, trainer.target_tokenizer, search_dtype)
+            measured[("opennmt-tf", model, mode, int(streams), "float32")] = result
+    rows = _rows(measured, references, trainer.target_tokenizer)
     common.print_table(
         rows,
         ["system", "model", "mode", "streams", "products", "sentences_per_second"]

@@ -82,6 +82,14 @@ class ModelConfig:
     length_penalty: float = _field(0.6, "GNMT length penalty weight (0 disables).")
     coverage_penalty: float = _field(0.0, "GNMT coverage penalty weight (0 disables).")
     max_decode_length: int = _field(80, "Longest translation in pieces.")
+    export_precision: str = _field(
+        "float32",
+        "Matrix products of the exported SavedModel's search: 'float32' (full speed on any "
+        "machine) or 'mixed_bfloat16' (bfloat16 products, float32 states and scores, as a "
+        "bfloat16 run's evaluation; faster where bfloat16 is native: CPUs with AVX512-BF16 or "
+        "AMX, TPUs, GPUs of compute capability 8.0 and up; emulated and slower elsewhere). "
+        "Needs the fused search (Luong attention, no layer norm).",
+    )
     decode_slots: int = _field(
         32,
         "Most sentences a fused search decodes at once (each with its beams); the others of "
@@ -326,6 +334,7 @@ _CHOICES = {
     ("train", "decay"): ("constant", "rsqrt"),
     ("train", "sampling_schedule"): ("constant", "linear", "exponential", "inverse_sigmoid"),
     ("train", "mixed_precision"): ("auto", "float32", "", "mixed_bfloat16", "mixed_float16"),
+    ("model", "export_precision"): ("float32", "mixed_bfloat16"),
     ("train", "sampling_mode"): ("parallel", "sequential"),
     ("train", "nonfinite"): ("skip", "stop"),
     ("runtime", "strategy"): ("auto", "tpu", "multi_worker_mirrored", "mirrored", "one_device"),

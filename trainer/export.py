@@ -51,10 +51,17 @@ class Translator(tf.Module):
 
 
 def export_saved_model(
-    trainer, export_dir: str, beam_width=None, length_penalty=None, coverage_penalty=None
+    trainer,
+    export_dir: str,
+    beam_width=None,
+    length_penalty=None,
+    coverage_penalty=None,
+    precision: str = "",
 ) -> str:
-    """Writes the SavedModel of the trainer's current weights to `export_dir`."""
+    """Writes the SavedModel of the trainer's current weights to `export_dir`; unset options
+    are the config's (`precision`: `model.export_precision`)."""
     model_cfg = trainer.cfg.model
+    precision = precision or model_cfg.export_precision
     options = {
         "beam_width": beam_width or model_cfg.beam_width,
         "length_penalty": model_cfg.length_penalty if length_penalty is None else length_penalty,
@@ -63,7 +70,7 @@ def export_saved_model(
         ),
     }
     translator = Translator(
-        trainer.decoding_model(),
+        trainer.export_model(precision),
         trainer.source_tokens,
         trainer.target_tokens,
         trainer.cfg.data.max_length,
@@ -79,6 +86,7 @@ def export_saved_model(
         "step": trainer.step,
         "decode_options": options,
         "decode_slots": model_cfg.decode_slots,
+        "precision": precision,
         "vocab_fingerprints": trainer.metadata["vocab"],
         "signature": SERVING_SIGNATURE,
         "outputs": list(SIGNATURE_KEYS),

@@ -55,13 +55,17 @@ class TrainState:
                 "from distribution.for_strategy(cfg, strategy), as train_loop.Trainer does."
             )
         tf.keras.mixed_precision.set_global_policy(policy)
+        _check_export_precision(cfg.model, cfg.model.export_precision)
         with strategy.scope():
             self.model = task.build_model(cfg.model, self.metadata)
             self.optimizer = schedules.build_optimizer(cfg.train, policy)
             self.task = task.TranslationTask(cfg, self.model, self.optimizer)
             _create_model_variables(self.model, cfg.model.units)
             self.optimizer.build(self.model.trainable_variables)
-            self._float32_twin = self._build_float32_twin() if policy != precision.FLOAT32 else None
+            self._float32_twin = (
+                self._build_twin(precision.FLOAT32) if policy != precision.FLOAT32 else None
+            )
+            self._bfloat16_twin = None
             self.best_bleu = tf.Variable(-1.0, trainable=False, name="best_bleu")
             self.nonfinite_steps = tf.Variable(0.0, trainable=False, name="nonfinite_steps")
         # Outside the strategy: one plain copy per worker, assigned in cross-replica context
@@ -87,15 +91,23 @@ class TrainState:
     def step(self) -> int:
         return int(self.optimizer.iterations.numpy())
 
-    def _build_float32_twin(self):
-        """The model again with float32 layers, for `decoding_model` (mixed precision only)."""
-        policy = tf.keras.mixed_precision.global_policy()
-        tf.keras.mixed_precision.set_global_policy("float32")
+    def _build_twin(self, policy: str):
+        """The model again with `policy` layers: float32 for `decoding_model` (mixed precision
+        only), bfloat16 for `export_model` (a run trained in another precision)."""
+        previous = tf.keras.mixed_precision.global_policy()
+        tf.keras.mixed_precision.set_global_policy(policy)
         try:
             twin = task.build_model(self.cfg.model, self.metadata)
             _create_model_variables(twin, self.cfg.model.units)
         finally:
-            tf.keras.mixed_precision.set_global_policy(policy)
+            tf.keras.mixed_precision.set_global_policy(previous)
+        return twin
+
+    def _with_current_weights(self, twin):
+        """`twin` with the model's current weights copied in (mixed-precision variables read
+        as float32 outside a layer's call)."""
+        for target, source in zip(twin.variables, self.model.variables, strict=True):
+            target.assign(source)
         return twin
 
     def search_model(self):
@@ -126,10 +138,31 @@ class TrainState:
         """
         if self._float32_twin is None:
             return self.model
-        # Outside a layer's call the mixed-precision variables read as float32.
-        for target, source in zip(self._float32_twin.variables, self.model.variables, strict=True):
-            target.assign(source)
-        return self._float32_twin
+        return self._with_current_weights(self._float32_twin)
+
+    def export_model(self, products: str = ""):
+        """The model a SavedModel is traced from: `decoding_model()` (float32 layers), or with
+        `products` (default `model.export_precision`) mixed_bfloat16 one whose fused searches
+        run bfloat16 products (the training model when it trained so, else a twin built on
+        first use)."""
+        products = products or self.cfg.model.export_precision
+        _check_export_precision(self.cfg.model, products)
+        if products == precision.FLOAT32:
+            return self.decoding_model()
+        if self.cfg.train.mixed_precision == precision.BFLOAT16:
+            return self.model
+        if self._bfloat16_twin is None:
+            self._bfloat16_twin = self._build_twin(precision.BFLOAT16)
+        return self._with_current_weights(self._bfloat16_twin)
+
+
+def _check_export_precision(model_cfg: config_lib.ModelConfig, products: str):
+    if products != precision.FLOAT32 and not decoder_step.supports(model_cfg):
+        raise config_lib.ConfigError(
+            f"model.export_precision={products} needs the fused search "
+            "(model.attention=luong, model.layer_norm=false): TFA's decoders, which the other "
+            "models decode with, would keep beam scores in bfloat16."
+        )
 
 
 def _check_batch_fits_replicas(batch_size: int, replicas: int):

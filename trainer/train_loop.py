@@ -38,6 +38,7 @@ _STATE_ATTRIBUTES = frozenset(
         "best_bleu",
         "nonfinite_steps",
         "decoding_model",
+        "export_model",
         "search_model",
         "step",
     }

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from tests import dataset_fixture
-from trainer import export, train_loop
+from trainer import data, export, train_loop
 
 SOURCE_IDS = tf.constant([[5, 6, 7, 3], [8, 3, 0, 0]])
 SOURCE_LENGTHS = tf.constant([4, 2])
@@ -105,3 +105,54 @@ def test_evaluation_and_export_translate(mixed_trainer):
 def test_float32_training_decodes_with_the_model_itself(small_dataset, tmp_path):
     trainer = dataset_fixture.tiny_trainer(small_dataset.root, str(tmp_path))
     assert trainer.decoding_model() is trainer.model
+
+
+def _exported_scores(trainer, name: str, sentences: list[str]):
+    """The best scores the SavedModel of `trainer`'s weights gives `sentences`."""
+    export_dir = export.export_saved_model(trainer, str(trainer.layout.export) + name)
+    with open(f"{export_dir}/{export.EXPORT_INFO}") as f:
+        assert f'"precision": "{trainer.cfg.model.export_precision}"' in f.read()
+    signature = tf.saved_model.load(export_dir).signatures[export.SERVING_SIGNATURE]
+    return signature(sources=tf.constant(sentences))["scores"].numpy()
+
+
+def test_a_bfloat16_export_searches_as_bfloat16_evaluation_does(small_dataset, tmp_path):
+    """`model.export_precision=mixed_bfloat16`: the SavedModel of a bfloat16 run searches with
+    the training model's bfloat16 products (its scores are evaluation's to the last bit), and a
+    float32 run builds a bfloat16 twin with its weights. Both differ from float32 products."""
+    sentences = ["Click OK.", "Select a cell in the table."]
+    for policy in ("mixed_bfloat16", "float32"):
+        cfg = _mixed_cfg(small_dataset.root, policy, export_precision="mixed_bfloat16")
+        try:
+            tf.keras.utils.set_random_seed(0)
+            trainer = train_loop.Trainer(cfg, str(tmp_path / policy), tf.distribute.get_strategy())
+            rng = np.random.default_rng(1)
+            for variable in trainer.model.trainable_variables:
+                variable.assign_add(rng.normal(0, 0.3, variable.shape).astype(np.float32))
+            exported = trainer.export_model()
+            assert exported.attention_layer.compute_dtype == "bfloat16"
+            assert (exported is trainer.model) == (policy == "mixed_bfloat16")
+            for ours, theirs in zip(exported.variables, trainer.model.variables, strict=True):
+                np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+            pieces = trainer.source_tokenizer.tokenize(tf.constant(sentences))
+            # In a graph, as the SavedModel runs it (Grappler's fusions round bfloat16
+            # differently from eager ops).
+            _, expected, _ = tf.function(exported.beam_search)(*data.source_batch(pieces))
+            scores = _exported_scores(trainer, "-bf16", sentences)
+            np.testing.assert_array_equal(scores, expected.numpy()[:, 0])
+            search = tf.function(trainer.decoding_model().beam_search)
+            _, float32_scores, _ = search(*data.source_batch(pieces))
+            assert not np.array_equal(scores, float32_scores.numpy()[:, 0])
+        finally:
+            tf.keras.mixed_precision.set_global_policy("float32")
+
+
+def test_a_bfloat16_export_of_a_tfa_decoded_model_is_a_config_error(small_dataset, tmp_path):
+    cfg = _mixed_cfg(
+        small_dataset.root, "mixed_bfloat16", export_precision="mixed_bfloat16", layer_norm=True
+    )
+    try:
+        with pytest.raises(config_lib.ConfigError, match="model.export_precision"):
+            train_loop.Trainer(cfg, str(tmp_path), tf.distribute.get_strategy())
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
