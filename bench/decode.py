@@ -9,10 +9,11 @@ Set-up, cached under --work (each step is skipped when its output exists):
    SentencePiece models: equal steps of one architecture and recipe give checkpoints of
    comparable quality, which the BLEU column shows (a weak model decodes slower: it runs on to
    the maximum length).
-Then both decode the same test sources in the same run, length-sorted, at most --batch_size
-sentences in flight, with the same beam width, length penalty (0.6) and maximum length (80):
-OpenNMT-tf in batches of --batch_size, ours in calls of --call_size sentences with
-`model.decode_slots` = --batch_size (a sentence that ends hands its place to the next waiting,
+Then both decode the same test sources in the same run, sorted by their length in source pieces
+(ours through the SavedModel: as counted by its `source_lengths` signature, as `nmt-translate`
+sorts), at most --batch_size sentences in flight, with the same beam width, length penalty (0.6) and
+maximum length (80): OpenNMT-tf in batches of --batch_size, ours in calls of --call_size sentences
+with `model.decode_slots` = --batch_size (a sentence that ends hands its place to the next waiting,
 so the steps stay full; TFA's beam search, which cannot, in batches of --batch_size);
 - ours: the live model under `tf.function` as evaluation during training decodes (fused greedy
   and beam search, in bfloat16 products when the model trained in bfloat16; and TFA's beam
@@ -21,9 +22,10 @@ so the steps stay full; TFA's beam search, which cannot, in batches of --batch_s
   bfloat16 products (`model.export_precision=mixed_bfloat16`);
 - OpenNMT-tf: its model's serving function in-process (pieces in and out) and its exported
   SavedModel (SentencePiece in Python around it).
-Each variant is warmed up on one batch, then timed over all, one batch at a time and --streams
-batches at once (threads; our tools decode 2 at once by default, `serving.DEFAULT_STREAMS`;
-OpenNMT-tf's `onmt-main infer` one at a time; TFA's beam search is timed on one stream only).
+Each variant is warmed up on one batch, then timed over all (the fastest of --repeats passes, on
+both sides), one batch at a time and --streams batches at once (threads; our tools decode 2 at once
+by default, `serving.DEFAULT_STREAMS`; OpenNMT-tf's `onmt-main infer` one at a time; TFA's beam
+search is timed on one stream only).
 The table gives sentences/s, target pieces/s and BLEU (sacreBLEU against the references, so the
 two checkpoints' quality can be compared), and ours/OpenNMT-tf per sentence and per target piece
 for each matching row (the same streams on both sides), and against OpenNMT-tf on one stream (as
@@ -132,16 +134,21 @@ def load_trainer(run_dir: str, decode_slots: int = 0) -> train_loop.Trainer:
     return trainer
 
 
-def _timed(decode_batch, batches, order, streams: int) -> tuple[float, list]:
+def _timed(decode_batch, batches, order, streams: int, repeats: int) -> tuple[float, list]:
     """Warms up on the first batch, then returns (seconds for all batches, outputs), decoding
-    `streams` batches at once as the serving tools do.
+    `streams` batches at once as the serving tools do: the fastest of `repeats` passes.
 
     The batches hold the sentences in `order`; the outputs come back in input order.
     """
     decode_batch(batches[0])
-    started = time.perf_counter()
-    outputs = [row for rows in serving.in_streams(decode_batch, batches, streams) for row in rows]
-    seconds = time.perf_counter() - started
+    passes = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        outputs = [
+            row for rows in serving.in_streams(decode_batch, batches, streams) for row in rows
+        ]
+        passes.append(time.perf_counter() - started)
+    seconds = min(passes)
     restored = [None] * len(order)
     for position, index in enumerate(order):
         restored[index] = outputs[position]
@@ -170,7 +177,19 @@ def _stream_counts(name: str, streams: int) -> list[int]:
     return [1] if "TFA" in name or streams == 1 else [1, streams]
 
 
-def live_variants(trainer, sources, order, sizes, streams) -> dict:
+def piece_order(trainer, sources: list[str]) -> list[int]:
+    """Indices of `sources` by their length in source pieces (stable), as OpenNMT-tf's script
+    sorts its batches and evaluation sorts its id rows; raw-string tools sort by characters."""
+    lengths = trainer.source_tokenizer.tokenize(tf.constant(sources)).row_lengths().numpy()
+    return sorted(range(len(sources)), key=lambda i: lengths[i])
+
+
+class _Timing(NamedTuple):
+    streams: int  # the second timing's streams (the first: one)
+    repeats: int  # passes per timing; the fastest is kept
+
+
+def live_variants(trainer, sources, sizes, timing: _Timing) -> dict:
     """{(variant, streams, products): (seconds, hypotheses in `order`)} for the in-process
     model: the fused searches on the model evaluation decodes with (`search_model`: bfloat16
     products when the run trained in bfloat16), TFA's on the float32 `decoding_model`."""
@@ -186,6 +205,7 @@ def live_variants(trainer, sources, order, sizes, streams) -> dict:
             ids, lengths, *options
         )[0][:, 0],
     }
+    order = piece_order(trainer, sources)
     results = {}
     for name, decoder in decoders.items():
         batches = _id_batches(trainer, sources, order, sizes.tfa if "TFA" in name else sizes.ours)
@@ -198,13 +218,14 @@ def live_variants(trainer, sources, order, sizes, streams) -> dict:
             return [t.decode("utf-8") for t in text.numpy()]
 
         products = "float32" if "TFA" in name else searching.attention_layer.compute_dtype
-        for count in _stream_counts(name, streams):
-            result = results[(name, count, products)] = _timed(decode_batch, batches, order, count)
+        for count in _stream_counts(name, timing.streams):
+            result = _timed(decode_batch, batches, order, count, timing.repeats)
+            results[(name, count, products)] = result
             print(f"ours, in-process, {name}, {count} stream(s): {result[0]:.1f} s", flush=True)
     return results
 
 
-def saved_model_variants(trainer, sources, order, call_size, streams, export_root) -> dict:
+def saved_model_variants(trainer, sources, call_size, timing: _Timing, export_root: str) -> dict:
     """{(variant, streams, products): (seconds, hypotheses in `order`)} for SavedModels of the
     trainer's weights, called with `call_size` sentences at a time: the default float32 export,
     and the bfloat16 one (`model.export_precision`) where the run searches in bfloat16 (this
@@ -223,18 +244,21 @@ def saved_model_variants(trainer, sources, order, call_size, streams, export_roo
             precision=products,
         )
         products = "bfloat16" if products == precision.BFLOAT16 else "float32"
-        signature = serving.load_translator(export_dir)
+        translator = serving.load_translator(export_dir)
+        # As `nmt-translate` sorts: by the pieces the export counts.
+        order = serving.length_order(sources, translator.source_lengths)
         batches = [
             [sources[i] for i in order[start : start + call_size]]
             for start in range(0, len(order), call_size)
         ]
 
-        def decode_batch(batch, signature=signature):
-            out = signature(sources=tf.constant(batch))["translations"].numpy()
+        def decode_batch(batch, translate=translator.translate):
+            out = translate(sources=tf.constant(batch))["translations"].numpy()
             return [t.decode("utf-8") for t in out]
 
-        for count in _stream_counts(name, streams):
-            result = results[(name, count, products)] = _timed(decode_batch, batches, order, count)
+        for count in _stream_counts(name, timing.streams):
+            result = _timed(decode_batch, batches, order, count, timing.repeats)
+            results[(name, count, products)] = result
             print(
                 f"ours, SavedModel ({products}), {name}, {count} stream(s): {result[0]:.1f} s",
                 flush=True,
@@ -350,6 +374,7 @@ def run_opennmt(args, data_dir: str, text_dir: str, limit: int) -> dict:
             + [f"--sources={os.path.join(text_dir, 'test.en')}", f"--limit={limit}"]
             + [f"--steps={args.steps}", f"--batch_size={args.batch_size}"]
             + [f"--beam_width={BEAM_WIDTH}", f"--streams={args.streams}"]
+            + [f"--repeats={args.repeats}"]
             + [f"--output={result_path}"],
         )
         with open(result_path, encoding="utf-8") as f:
@@ -412,6 +437,12 @@ def main():
         default=serving.DEFAULT_STREAMS,
         help="Batches at once for the second timing of each variant (the first: one).",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="Passes per timing on both sides, the fastest kept (this VM drifts by ~20%%).",
+    )
     parser.add_argument("--steps", type=int, default=1500, help="Training steps of both models.")
     parser.add_argument("--onmt_venv", default=os.path.join(CACHE, "onmt-venv"))
     parser.add_argument("--onmt_work", default=os.path.join(CACHE, "onmt-work", "decode"))
@@ -446,13 +477,12 @@ def main():
     text_dir = write_texts(args.work, data_dir, sources, references)
     measured = {}
     sizes = _Sizes(ours=args.call_size, tfa=args.batch_size)
-    live = live_variants(trainer, sources, order, sizes, args.streams)
+    timing = _Timing(args.streams, args.repeats)
+    live = live_variants(trainer, sources, sizes, timing)
     for key, result in live.items():
         measured[("ours", "in_process", *key)] = result
     with tempfile.TemporaryDirectory(prefix="bench-decode-") as export_root:
-        variants = saved_model_variants(
-            trainer, sources, order, args.call_size, args.streams, export_root
-        )
+        variants = saved_model_variants(trainer, sources, args.call_size, timing, export_root)
     for key, result in variants.items():
         measured[("ours", "saved_model", *key)] = result
     if not args.skip_opennmt:
@@ -474,6 +504,7 @@ def main():
         "batch_size": args.batch_size,
         "call_size": args.call_size,
         "streams": args.streams,
+        "repeats": args.repeats,
         "beam_width": BEAM_WIDTH,
         "results": rows,
         "agreement_with_tfa": agree,

@@ -107,10 +107,10 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     try:
         sources, references, inputs = _read_inputs()
-        signature = serving.load_translator(_MODEL.value)
+        translator = serving.load_translator(_MODEL.value)
     except (serving.TranslationError, metadata_lib.DatasetError) as e:
         raise app.UsageError(str(e)) from None
-    translations = serving.translate(signature, sources, _BATCH.value, streams=_STREAMS.value)
+    translations = serving.translate(translator, sources, _BATCH.value, streams=_STREAMS.value)
     hypotheses = [nbest[0] for nbest, _ in translations]
     scores = evaluation.corpus_scores(hypotheses, references)
     print(f"{scores['sentences']} sentences")

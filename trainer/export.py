@@ -14,6 +14,9 @@ from pipeline import vocab as vocab_lib
 from trainer import data
 
 SERVING_SIGNATURE = "serving_default"
+# Raw strings -> their length in source pieces, so a client can sort its input as the model
+# will pad it (`serving.length_order`).
+LENGTHS_SIGNATURE = "source_lengths"
 SIGNATURE_KEYS = ("translations", "scores", "nbest")
 EXPORT_INFO = "export_info.json"
 
@@ -32,11 +35,18 @@ class Translator(tf.Module):
         self.max_source_length = max_source_length
         self.decode_options = decode_options
 
+    def _pieces(self, sources):
+        """Raw strings -> the source pieces the model reads, ragged [batch, pieces]."""
+        normalized = text.normalize_in_graph(sources)
+        return self.source_tokenizer.tokenize(normalized)[:, : self.max_source_length]
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="sources")])
+    def source_lengths(self, sources):
+        return {"lengths": tf.cast(self._pieces(sources).row_lengths(), tf.int32)}
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="sources")])
     def translate(self, sources):
-        normalized = text.normalize_in_graph(sources)
-        pieces = self.source_tokenizer.tokenize(normalized)[:, : self.max_source_length]
-        source_ids, source_lengths = data.source_batch(pieces)
+        source_ids, source_lengths = data.source_batch(self._pieces(sources))
         ids, scores, lengths = self._beam_search(source_ids, source_lengths, **self.decode_options)
         beam = tf.shape(ids)[1]
         flat = tf.reshape(ids, [-1, tf.shape(ids)[2]])
@@ -78,9 +88,11 @@ def export_saved_model(
     )
     if tf.io.gfile.exists(export_dir):
         tf.io.gfile.rmtree(export_dir)
-    tf.saved_model.save(
-        translator, export_dir, signatures={SERVING_SIGNATURE: translator.translate}
-    )
+    signatures = {
+        SERVING_SIGNATURE: translator.translate,
+        LENGTHS_SIGNATURE: translator.source_lengths,
+    }
+    tf.saved_model.save(translator, export_dir, signatures=signatures)
     info = {
         "schema_version": features.SCHEMA_VERSION,
         "step": trainer.step,

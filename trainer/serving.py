@@ -8,6 +8,7 @@ Python).
 import concurrent.futures
 import json
 import os
+from typing import NamedTuple
 
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the tokenizer ops the SavedModel uses)
@@ -19,6 +20,9 @@ from pipeline import console
 SCHEMA_VERSION = 1
 EXPORT_INFO = "export_info.json"
 SIGNATURE = "serving_default"
+LENGTHS_SIGNATURE = "source_lengths"  # trainer/export.py's LENGTHS_SIGNATURE
+# Sentences whose pieces are counted in one call of LENGTHS_SIGNATURE.
+_COUNT_CHUNK = 4096
 # Batches decoded at once. One decode is a loop of small ops, single-threaded between its matrix
 # products, so a second one running beside it fills the idle core: on the 2-core EPYC host, 2
 # streams gave beam 4 1.2-1.5x and greedy about 1.3x the sentences/s of one (three A/B runs),
@@ -41,8 +45,16 @@ class TranslationError(RuntimeError):
     """The model or the input cannot be used; the message says why."""
 
 
-def load_translator(model_dir: str):
-    """Loads the serving signature after checking the export's schema version."""
+class Translator(NamedTuple):
+    """An export's signatures: `translate` (raw strings in and out) and `source_lengths`
+    (raw strings -> source pieces; None in exports made before it)."""
+
+    translate: object
+    source_lengths: object
+
+
+def load_translator(model_dir: str) -> Translator:
+    """Loads the export's signatures after checking its schema version."""
     if not tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
         raise TranslationError(f"{model_dir} is not an exported model (no saved_model.pb).")
     info_path = os.path.join(model_dir, EXPORT_INFO)
@@ -54,18 +66,27 @@ def load_translator(model_dir: str):
                 f"{model_dir} was exported with schema version {version}; this tool reads "
                 f"{SCHEMA_VERSION}. Re-export the model with this version."
             )
-    return tf.saved_model.load(model_dir).signatures[SIGNATURE]
+    signatures = tf.saved_model.load(model_dir).signatures
+    return Translator(signatures[SIGNATURE], signatures.get(LENGTHS_SIGNATURE))
 
 
-def length_order(sentences: list[str]) -> list[int]:
-    """Indices of `sentences` from shortest to longest (in words, then characters).
+def length_order(sentences: list[str], source_lengths=None) -> list[int]:
+    """Indices of `sentences` from shortest to longest (stable): in source pieces when the
+    export's `source_lengths` signature is given, else in characters.
 
-    Batches of similar lengths pad less, and a batch's decoding lasts as long as its longest
-    translation, so sorted batches waste little of either.
+    Each call pads its sources to its longest in pieces. On `bench/decode.py`'s 2,679 test
+    sentences in calls of 256, the encoder ran over 1.17x the real pieces sorted by pieces,
+    1.93x by characters and 2.45x by words then characters; the greedy SavedModel decoded them
+    15-19% faster sorted by pieces than by characters (two runs).
     """
-    return sorted(
-        range(len(sentences)), key=lambda i: (len(sentences[i].split()), len(sentences[i]))
-    )
+    if source_lengths is None:
+        lengths = [len(sentence) for sentence in sentences]
+    else:
+        lengths = []
+        for start in range(0, len(sentences), _COUNT_CHUNK):
+            chunk = tf.constant(sentences[start : start + _COUNT_CHUNK])
+            lengths.extend(source_lengths(sources=chunk)["lengths"].numpy().tolist())
+    return sorted(range(len(sentences)), key=lambda i: lengths[i])
 
 
 def in_streams(decode, batches, streams: int = DEFAULT_STREAMS):
@@ -85,7 +106,7 @@ def in_streams(decode, batches, streams: int = DEFAULT_STREAMS):
 
 
 def translate(
-    signature,
+    translator: Translator,
     sentences: list[str],
     batch_size: int = DEFAULT_CALL_SIZE,
     n_best: int = 1,
@@ -93,17 +114,17 @@ def translate(
 ):
     """(n-best list, best score) per sentence, in input order.
 
-    The model sees the sentences in length-sorted batches, `streams` at once; results come back
+    The model sees the sentences in length-sorted calls, `streams` at once; results come back
     in input order.
     """
-    order = length_order(sentences)
+    order = length_order(sentences, translator.source_lengths)
     progress = (
         console.Progress("translating", len(sentences)) if len(sentences) > batch_size else None
     )
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
     def decode(indices):
-        out = signature(sources=tf.constant([sentences[i] for i in indices]))
+        out = translator.translate(sources=tf.constant([sentences[i] for i in indices]))
         return out["nbest"].numpy(), out["scores"].numpy().tolist()
 
     results = [None] * len(sentences)

@@ -50,13 +50,13 @@ def _read_sentences(argv: list[str]) -> list[str]:
 def main(argv):
     try:
         sentences = _read_sentences(argv[1:])
-        signature = serving.load_translator(_MODEL.value)
+        translator = serving.load_translator(_MODEL.value)
     except serving.TranslationError as e:
         raise app.UsageError(str(e)) from None
     out = tf.io.gfile.GFile(_OUTPUT.value, "w") if _OUTPUT.value else sys.stdout
     try:
         for hypotheses, _ in serving.translate(
-            signature, sentences, _BATCH.value, _NBEST.value, _STREAMS.value
+            translator, sentences, _BATCH.value, _NBEST.value, _STREAMS.value
         ):
             out.write("\t".join(hypotheses) + "\n")
     finally:

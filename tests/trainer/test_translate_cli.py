@@ -14,7 +14,10 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from pipeline import paths, text
+from pipeline import vocab as vocab_lib
 from tests import dataset_fixture
 from trainer import export, serving
 
@@ -134,21 +137,39 @@ def test_saved_model_cli_shows_and_runs_the_signature(export_dir, from_args, tmp
 
 def test_length_sorted_batches_come_back_in_input_order(export_dir):
     """Sentences of mixed lengths, batched after sorting: each gets what it gets alone."""
-    signature = serving.load_translator(export_dir)
+    translator = serving.load_translator(export_dir)
     sentences = [SENTENCES[1], "OK.", SENTENCES[0] * 3, SENTENCES[2], "Cell"]
-    batched = serving.translate(signature, sentences, batch_size=2, n_best=2)
-    alone = [serving.translate(signature, [s], batch_size=1, n_best=2)[0] for s in sentences]
+    batched = serving.translate(translator, sentences, batch_size=2, n_best=2)
+    alone = [serving.translate(translator, [s], batch_size=1, n_best=2)[0] for s in sentences]
     assert [nbest for nbest, _ in batched] == [nbest for nbest, _ in alone]
     np.testing.assert_allclose([s for _, s in batched], [s for _, s in alone], atol=1e-4)
     assert len({round(s, 4) for _, s in alone}) == len(sentences), "scores tell sentences apart"
 
 
+def test_the_tools_sort_by_the_pieces_the_export_counts(export_dir, small_dataset):
+    """The export's `source_lengths` signature counts the pieces the model reads (a call pads to
+    its longest in pieces); exports made before it fall back to characters."""
+    translator = serving.load_translator(export_dir)
+    # Few characters in many pieces, many characters in few: the two orders differ.
+    sentences = ["Click OK. Click OK. Click OK.", "qxzvkjwfpq zzxq", "OK.", SENTENCES[1]]
+    counted = translator.source_lengths(sources=tf.constant(sentences))["lengths"].numpy()
+    layout = paths.DatasetLayout(small_dataset.root)
+    tokenizer = text.SubwordTokenizer(vocab_lib.load_vocabulary(layout.vocabulary("source")))
+    normalized = text.normalize_in_graph(tf.constant(sentences))
+    np.testing.assert_array_equal(counted, tokenizer.tokenize(normalized).row_lengths())
+    by_pieces = serving.length_order(sentences, translator.source_lengths)
+    by_characters = serving.length_order(sentences)
+    assert [counted[i] for i in by_pieces] == sorted(counted)
+    assert [len(sentences[i]) for i in by_characters] == sorted(map(len, sentences))
+    assert by_pieces != by_characters
+
+
 def test_streams_change_the_speed_not_the_translations(export_dir):
     """Three batches decoded at once (threads) give, in input order, what one at a time gives."""
-    signature = serving.load_translator(export_dir)
+    translator = serving.load_translator(export_dir)
     sentences = [SENTENCES[1], "OK.", SENTENCES[0] * 3, SENTENCES[2], "Cell", "Open.", "Yes"]
-    one = serving.translate(signature, sentences, batch_size=2, n_best=2, streams=1)
-    three = serving.translate(signature, sentences, batch_size=2, n_best=2, streams=3)
+    one = serving.translate(translator, sentences, batch_size=2, n_best=2, streams=1)
+    three = serving.translate(translator, sentences, batch_size=2, n_best=2, streams=3)
     assert three == one
 
 
