@@ -241,7 +241,27 @@ def _write(results: _Results, beams: _Beams, which) -> _Results:
     )
 
 
-def _refill(flight, going, queued: "_Queue", fresh):
+class _Queue(NamedTuple):
+    """The sentences waiting for a slot: rows `next_row` .. `total` - 1 of the batch."""
+
+    next_row: object  # int32 scalar, a loop variable
+    total: object  # int32 scalar: the batch's sentences
+    slots: object  # int32 scalar: most sentences in flight at once
+
+
+def _queue(source_ids, slots) -> _Queue:
+    """The queue before the first step: every sentence waits; `slots` None lets all in."""
+    total = tf.shape(source_ids)[0]
+    return _Queue(tf.constant(0), total, total if slots is None else tf.convert_to_tensor(slots))
+
+
+def _first(queued: _Queue, fresh):
+    """The flight before the first step and the next waiting row: the first `slots` sentences."""
+    count = tf.minimum(queued.slots, queued.total)
+    return fresh(tf.range(count)), count
+
+
+def _refill(flight, going, queued: _Queue, fresh):
     """The loop state without the sentences not `going`, topped up from the queue: a gather
     and a concatenation only on steps where a sentence left (not a copy of every state and
     memory each step).
@@ -267,26 +287,6 @@ def _refill(flight, going, queued: "_Queue", fresh):
         return joined, queued.next_row + count
 
     return tf.cond(tf.reduce_all(going), lambda: (flight, queued.next_row), refill)
-
-
-class _Queue(NamedTuple):
-    """The sentences waiting for a slot: rows `next_row` .. `total` - 1 of the batch."""
-
-    next_row: object  # int32 scalar, a loop variable
-    total: object  # int32 scalar: the batch's sentences
-    slots: object  # int32 scalar: most sentences in flight at once
-
-
-def _queue(source_ids, slots) -> _Queue:
-    """An empty flight's queue: every sentence waits; `slots` None lets all in at once."""
-    total = tf.shape(source_ids)[0]
-    return _Queue(tf.constant(0), total, total if slots is None else tf.convert_to_tensor(slots))
-
-
-def _first(queued: _Queue, fresh):
-    """The flight before the first step and the next waiting row: the first `slots` sentences."""
-    count = tf.minimum(queued.slots, queued.total)
-    return fresh(tf.range(count)), count
 
 
 def _fresh_beams(
