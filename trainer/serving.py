@@ -45,7 +45,7 @@ class TranslationError(RuntimeError):
     """The model or the input cannot be used; the message says why."""
 
 
-class Translator(NamedTuple):
+class ExportSignatures(NamedTuple):
     """An export's signatures: `translate` (raw strings in and out) and `source_lengths`
     (raw strings -> source pieces; None in exports made before it)."""
 
@@ -53,7 +53,7 @@ class Translator(NamedTuple):
     source_lengths: object
 
 
-def load_translator(model_dir: str) -> Translator:
+def load_translator(model_dir: str) -> ExportSignatures:
     """Loads the export's signatures after checking its schema version."""
     if not tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
         raise TranslationError(f"{model_dir} is not an exported model (no saved_model.pb).")
@@ -67,7 +67,7 @@ def load_translator(model_dir: str) -> Translator:
                 f"{SCHEMA_VERSION}. Re-export the model with this version."
             )
     signatures = tf.saved_model.load(model_dir).signatures
-    return Translator(signatures[SIGNATURE], signatures.get(LENGTHS_SIGNATURE))
+    return ExportSignatures(signatures[SIGNATURE], signatures.get(LENGTHS_SIGNATURE))
 
 
 def length_order(sentences: list[str], source_lengths=None) -> list[int]:
@@ -106,7 +106,7 @@ def in_streams(decode, batches, streams: int = DEFAULT_STREAMS):
 
 
 def translate(
-    translator: Translator,
+    translator: ExportSignatures,
     sentences: list[str],
     batch_size: int = DEFAULT_CALL_SIZE,
     n_best: int = 1,
