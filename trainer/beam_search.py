@@ -326,11 +326,6 @@ def _loose(flight):
     return loose._replace(memory=decoder_step.memory_invariants(flight.memory))
 
 
-def _invariants(beams: _Beams):
-    """Shape invariants: the number of sentences (and the source width) changes in the loop."""
-    return _loose(beams)._replace(coverage=tf.TensorShape([None, beams.coverage.shape[1], None]))
-
-
 def _retire(beams: _Beams, results: _Results, options: _Options, max_length: int):
     """Writes out the sentences whose beams have all ended (ranked once more by their final
     scores) and those that reached `max_length` (as they are: on the last step TFA ranks
@@ -404,7 +399,7 @@ def beam_search(
         shape_invariants=(
             tf.TensorShape([]),
             tf.TensorShape([]),
-            _invariants(beams),
+            _loose(beams),
             tf.nest.map_structure(lambda t: t.shape, results),
         ),
     )

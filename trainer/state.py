@@ -118,8 +118,8 @@ class TrainState:
         scores in float32 and run only the matrix products in the compute dtype, as training
         does, so bfloat16 there costs no measurable BLEU (README, *Precision*) and spares the
         float32 products and the twin's weight copy. TFA's decoders (the other configs) and
-        float16 keep the twin. Export does too: a SavedModel is served on machines whose
-        bfloat16 may be emulated.
+        float16 keep the twin. Export does too unless asked otherwise (`export_model`): a
+        SavedModel may be served on machines whose bfloat16 is emulated.
         """
         if self.cfg.train.mixed_precision == precision.BFLOAT16 and decoder_step.supports(
             self.cfg.model
