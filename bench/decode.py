@@ -22,15 +22,19 @@ so the steps stay full; TFA's beam search, which cannot, in batches of --batch_s
   bfloat16 products (`model.export_precision=mixed_bfloat16`);
 - OpenNMT-tf: its model's serving function in-process (pieces in and out) and its exported
   SavedModel (SentencePiece in Python around it).
-Each variant is warmed up on one batch, then timed over all (the fastest of --repeats passes, on
-both sides), one batch at a time and --streams batches at once (threads; our tools decode 2 at once
-by default, `serving.DEFAULT_STREAMS`; OpenNMT-tf's `onmt-main infer` one at a time; TFA's beam
-search is timed on one stream only).
-The table gives sentences/s, target pieces/s and BLEU (sacreBLEU against the references, so the
-two checkpoints' quality can be compared), and ours/OpenNMT-tf per sentence and per target piece
-for each matching row (the same streams on both sides), and against OpenNMT-tf on one stream (as
-its tool runs); then how often the fused and TFA's beam search agree on the same weights
-(`agreement`). Run it alone.
+Each variant is warmed up on one batch, then timed over all, one batch at a time and --streams
+batches at once (threads; our tools decode 2 at once by default, `serving.DEFAULT_STREAMS`;
+OpenNMT-tf's `onmt-main infer` one at a time; TFA's beam search is timed on one stream only).
+OpenNMT-tf runs in its own process beside ours and times a pass when asked, so the passes are
+interleaved (`measure`): --repeats rounds per variant and streams, each one pass of OpenNMT-tf's
+and one of each of ours it compares with, in ABBA order. This VM's speed drifts by 20-70% within
+an hour; a ratio taken within a round is not moved by it, the two systems timed minutes apart were.
+The table gives sentences/s (the fastest pass), each pass's seconds, target pieces/s and BLEU
+(sacreBLEU against the references, so the two checkpoints' quality can be compared), and
+ours/OpenNMT-tf at the same streams per sentence (the median of the rounds' ratios and their
+range) and per target piece, and against OpenNMT-tf on one stream (as its tool runs; fastest
+passes); then how often the fused and TFA's beam search agree on the same weights (`agreement`).
+Run it alone.
 
 Agreement: the same best translation and every beam's score within 1e-4, sentence by sentence.
 Two things made the searches look different where they are not:
@@ -55,9 +59,11 @@ import dataclasses
 import itertools
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -134,25 +140,38 @@ def load_trainer(run_dir: str, decode_slots: int = 0) -> train_loop.Trainer:
     return trainer
 
 
-def _timed(decode_batch, batches, order, streams: int, repeats: int) -> tuple[float, list]:
-    """Warms up on the first batch, then returns (seconds for all batches, outputs), decoding
-    `streams` batches at once as the serving tools do: the fastest of `repeats` passes.
+class _Variant(NamedTuple):
+    """One of our decoders: where it runs, and one timed pass over every sentence."""
 
-    The batches hold the sentences in `order`; the outputs come back in input order.
+    model: str  # in_process | saved_model
+    mode: str  # greedy | beam4 | beam4 (TFA)
+    products: str  # float32 | bfloat16
+    time: Callable[[int], tuple[float, list[str]]]  # streams -> (seconds, outputs)
+
+
+def _pass_timer(decode_batch, batches, order):
+    """streams -> (seconds for one pass over `batches`, `streams` at once as the serving tools
+    decode, outputs in input order); warms up on the first batch before the first pass.
+
+    The batches hold the sentences in `order`.
     """
-    decode_batch(batches[0])
-    passes = []
-    for _ in range(repeats):
+    warm = []
+
+    def timed(streams: int) -> tuple[float, list[str]]:
+        if not warm:
+            decode_batch(batches[0])
+            warm.append(True)
         started = time.perf_counter()
         outputs = [
             row for rows in serving.in_streams(decode_batch, batches, streams) for row in rows
         ]
-        passes.append(time.perf_counter() - started)
-    seconds = min(passes)
-    restored = [None] * len(order)
-    for position, index in enumerate(order):
-        restored[index] = outputs[position]
-    return seconds, restored
+        seconds = time.perf_counter() - started
+        restored = [None] * len(order)
+        for position, index in enumerate(order):
+            restored[index] = outputs[position]
+        return seconds, restored
+
+    return timed
 
 
 def _id_batches(trainer, sources: list[str], order: list[int], batch_size: int):
@@ -184,15 +203,10 @@ def piece_order(trainer, sources: list[str]) -> list[int]:
     return sorted(range(len(sources)), key=lambda i: lengths[i])
 
 
-class _Timing(NamedTuple):
-    streams: int  # the second timing's streams (the first: one)
-    repeats: int  # passes per timing; the fastest is kept
-
-
-def live_variants(trainer, sources, sizes, timing: _Timing) -> dict:
-    """{(variant, streams, products): (seconds, hypotheses in `order`)} for the in-process
-    model: the fused searches on the model evaluation decodes with (`search_model`: bfloat16
-    products when the run trained in bfloat16), TFA's on the float32 `decoding_model`."""
+def live_variants(trainer, sources, sizes) -> list[_Variant]:
+    """The in-process model's decoders: the fused searches on the model evaluation decodes with
+    (`search_model`: bfloat16 products when the run trained in bfloat16), TFA's on the float32
+    `decoding_model`."""
     searching, reference = trainer.search_model(), trainer.decoding_model()
     cfg = searching.cfg
     options = (BEAM_WIDTH, cfg.length_penalty, cfg.coverage_penalty, cfg.max_decode_length)
@@ -206,7 +220,7 @@ def live_variants(trainer, sources, sizes, timing: _Timing) -> dict:
         )[0][:, 0],
     }
     order = piece_order(trainer, sources)
-    results = {}
+    variants = []
     for name, decoder in decoders.items():
         batches = _id_batches(trainer, sources, order, sizes.tfa if "TFA" in name else sizes.ours)
         fn = tf.function(decoder, input_signature=_ID_SPECS)
@@ -218,22 +232,21 @@ def live_variants(trainer, sources, sizes, timing: _Timing) -> dict:
             return [t.decode("utf-8") for t in text.numpy()]
 
         products = "float32" if "TFA" in name else searching.attention_layer.compute_dtype
-        for count in _stream_counts(name, timing.streams):
-            result = _timed(decode_batch, batches, order, count, timing.repeats)
-            results[(name, count, products)] = result
-            print(f"ours, in-process, {name}, {count} stream(s): {result[0]:.1f} s", flush=True)
-    return results
+        variants.append(
+            _Variant("in_process", name, products, _pass_timer(decode_batch, batches, order))
+        )
+    return variants
 
 
-def saved_model_variants(trainer, sources, call_size, timing: _Timing, export_root: str) -> dict:
-    """{(variant, streams, products): (seconds, hypotheses in `order`)} for SavedModels of the
-    trainer's weights, called with `call_size` sentences at a time: the default float32 export,
+def saved_model_variants(trainer, sources, call_size, export_root: str) -> list[_Variant]:
+    """SavedModels of the trainer's weights, called with `call_size` sentences at a time (they
+    stay in `export_root` while timed): the default float32 export,
     and the bfloat16 one (`model.export_precision`) where the run searches in bfloat16 (this
     host computes it natively)."""
     precisions = [precision.FLOAT32]
     if trainer.search_model().attention_layer.compute_dtype == "bfloat16":
         precisions.append(precision.BFLOAT16)
-    results = {}
+    variants = []
     for (name, width), products in itertools.product(
         (("greedy", 1), (f"beam{BEAM_WIDTH}", BEAM_WIDTH)), precisions
     ):
@@ -256,14 +269,10 @@ def saved_model_variants(trainer, sources, call_size, timing: _Timing, export_ro
             out = translate(sources=tf.constant(batch))["translations"].numpy()
             return [t.decode("utf-8") for t in out]
 
-        for count in _stream_counts(name, timing.streams):
-            result = _timed(decode_batch, batches, order, count, timing.repeats)
-            results[(name, count, products)] = result
-            print(
-                f"ours, SavedModel ({products}), {name}, {count} stream(s): {result[0]:.1f} s",
-                flush=True,
-            )
-    return results
+        variants.append(
+            _Variant("saved_model", name, products, _pass_timer(decode_batch, batches, order))
+        )
+    return variants
 
 
 def _share(flags: np.ndarray):
@@ -350,40 +359,96 @@ def write_texts(work: str, data_dir: str, sources: list[str], references: list[s
     return text_dir
 
 
-def run_opennmt(args, data_dir: str, text_dir: str, limit: int) -> dict:
-    """Trains (cached) and times OpenNMT-tf in its own venv; {variant: (seconds, hypotheses)}.
+class OpenNMT:
+    """OpenNMT-tf decoding the test sources in its own venv and process
+    (opennmt_reference/decode.py), timing one pass of a variant when asked.
 
     It tokenizes with our dataset's SentencePiece models: the same pieces in and out on both
     sides, so pieces/s compare like with like and no piece is unknown to one side only.
     """
-    python = os.path.join(args.onmt_venv, "bin", "python")
-    if not os.path.exists(python):
-        raise SystemExit(
-            f"No OpenNMT-tf venv at {python}: create it as bench/opennmt_reference/README.md "
-            "says, or pass --onmt_venv (or --skip_opennmt)."
-        )
-    layout = paths.DatasetLayout(data_dir)
-    with tempfile.TemporaryDirectory(prefix="bench-decode-onmt-") as out:
-        result_path = os.path.join(out, "results.json")
-        common.run_step(
-            "OpenNMT-tf: set-up (cached) and decoding",
+
+    READY, REPLY_PREFIX = "@@ready", "@@reply "  # as opennmt_reference/decode.py writes them
+
+    def __init__(self, args, data_dir: str, text_dir: str, limit: int):
+        python = os.path.join(args.onmt_venv, "bin", "python")
+        if not os.path.exists(python):
+            raise SystemExit(
+                f"No OpenNMT-tf venv at {python}: create it as bench/opennmt_reference/README.md "
+                "says, or pass --onmt_venv (or --skip_opennmt)."
+            )
+        layout = paths.DatasetLayout(data_dir)
+        print("OpenNMT-tf: set-up (cached) and loading ...", flush=True)
+        self._process = subprocess.Popen(
             [python, os.path.join(ONMT_DIR, "decode.py"), f"--work={args.onmt_work}"]
             + [f"--train_tsv={os.path.join(text_dir, 'train.tsv')}"]
             + [f"--source_sentencepiece={layout.vocabulary('source')}"]
             + [f"--target_sentencepiece={layout.vocabulary('target')}"]
             + [f"--sources={os.path.join(text_dir, 'test.en')}", f"--limit={limit}"]
-            + [f"--steps={args.steps}", f"--batch_size={args.batch_size}"]
-            + [f"--beam_width={BEAM_WIDTH}", f"--streams={args.streams}"]
-            + [f"--repeats={args.repeats}"]
-            + [f"--output={result_path}"],
+            + [f"--steps={args.steps}", f"--seed={args.onmt_seed}"]
+            + [f"--batch_size={args.batch_size}", f"--beam_width={BEAM_WIDTH}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
         )
-        with open(result_path, encoding="utf-8") as f:
-            return {name: tuple(value) for name, value in json.load(f).items()}
+        self._read_until(self.READY)
+
+    def _read_until(self, prefix: str) -> str:
+        """The rest of the next stdout line starting with `prefix`; other lines are echoed."""
+        for line in self._process.stdout:
+            if line.startswith(prefix):
+                return line[len(prefix) :]
+            print(line, end="", flush=True)
+        raise SystemExit(f"OpenNMT-tf's decode.py ended (exit status {self._process.wait()}).")
+
+    def time(self, name: str, streams: int) -> tuple[float, list[str]]:
+        """One pass of variant `name` ("saved_model/beam4", ...) at `streams`."""
+        self._process.stdin.write(json.dumps({"variant": name, "streams": streams}) + "\n")
+        self._process.stdin.flush()
+        seconds, outputs = json.loads(self._read_until(self.REPLY_PREFIX))
+        return seconds, outputs
+
+    def close(self) -> None:
+        self._process.stdin.close()
+        self._process.wait()
+
+
+def measure(ours: list[_Variant], opennmt: OpenNMT | None, streams: int, repeats: int) -> dict:
+    """{(system, model, mode, streams, products): [(seconds, outputs) per round]}.
+
+    The VM's speed drifts by 20% and more within minutes, so OpenNMT-tf's passes are taken
+    beside ours: for each of its variants and stream counts, `repeats` rounds of one pass of it
+    and one of each of our variants it compares with, in alternating order (ABBA), so the
+    ratio of a round compares passes taken a minute or two apart.
+    """
+    cells = {}
+    for variant in ours:
+        for count in _stream_counts(variant.mode, streams):
+            mode = variant.mode.replace(" (TFA)", "")
+            cells.setdefault((variant.model, mode, count), []).append(variant)
+    measured = {}
+    for (model, mode, count), variants in cells.items():
+        sequence = ([None] if opennmt else []) + variants
+        for round_ in range(repeats):
+            for variant in sequence if round_ % 2 == 0 else sequence[::-1]:
+                if variant is None:
+                    key = ("opennmt-tf", model, mode, count, "float32")
+                    result = opennmt.time(f"{model}/{mode}", count)
+                else:
+                    key = ("ours", model, variant.mode, count, variant.products)
+                    result = variant.time(count)
+                measured.setdefault(key, []).append(result)
+                print(f"{', '.join(map(str, key))}: {result[0]:.1f} s", flush=True)
+    return measured
 
 
 def _rows(measured: dict, references: list[str], target_tokenizer) -> list[dict]:
+    """A row per system and variant: the fastest pass's speed; against OpenNMT-tf at the same
+    streams, the median and range of the rounds' ratios (each round's passes side by side);
+    against its one stream (as its tool runs), the fastest passes' ratio."""
     rows = []
-    for (system, model, mode, streams, products), (seconds, hypotheses) in measured.items():
+    for (system, model, mode, streams, products), passes in measured.items():
+        seconds, hypotheses = min(passes, key=lambda result: result[0])
         pieces = target_tokenizer.tokenize(tf.constant(hypotheses)).row_lengths().numpy()
         scores = evaluation.corpus_scores(hypotheses, references)
         rows.append(
@@ -397,6 +462,8 @@ def _rows(measured: dict, references: list[str], target_tokenizer) -> list[dict]
                 "pieces_per_second": round(int(pieces.sum()) / seconds, 1),
                 "bleu": scores["bleu"],
                 "seconds": round(seconds, 2),
+                "passes": [round(result[0], 2) for result in passes],
+                "pieces": int(pieces.sum()),
             }
         )
     reference = {
@@ -406,15 +473,21 @@ def _rows(measured: dict, references: list[str], target_tokenizer) -> list[dict]
         if row["system"] != "ours":
             continue
         model, mode = row["model"], row["mode"].replace(" (TFA)", "")
-        for column, other in (
-            ("vs_opennmt", reference.get((model, mode, row["streams"]))),
-            ("vs_opennmt_1_stream", reference.get((model, mode, 1))),
-        ):
-            if other:
-                for unit in ("sentences", "pieces"):
-                    row[f"{unit}_{column}"] = round(
-                        row[f"{unit}_per_second"] / other[f"{unit}_per_second"], 2
-                    )
+        paired = reference.get((model, mode, row["streams"]))
+        if paired:
+            ratios = sorted(
+                theirs / mine for mine, theirs in zip(row["passes"], paired["passes"], strict=True)
+            )
+            row["sentences_vs_opennmt"] = round(float(np.median(ratios)), 2)
+            row["range_vs_opennmt"] = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
+            row["pieces_vs_opennmt"] = round(
+                row["sentences_vs_opennmt"] * row["pieces"] / paired["pieces"], 2
+            )
+        one_stream = reference.get((model, mode, 1))
+        if one_stream:
+            row["sentences_vs_opennmt_1_stream"] = round(
+                row["sentences_per_second"] / one_stream["sentences_per_second"], 2
+            )
     return rows
 
 
@@ -441,9 +514,15 @@ def main():
         "--repeats",
         type=int,
         default=2,
-        help="Passes per timing on both sides, the fastest kept (this VM drifts by ~20%%).",
+        help="Rounds of interleaved passes per variant and streams (ours beside OpenNMT-tf's).",
     )
     parser.add_argument("--steps", type=int, default=1500, help="Training steps of both models.")
+    parser.add_argument(
+        "--onmt_seed",
+        type=int,
+        default=1,
+        help="OpenNMT-tf's training seed (its checkpoint's quality moves with it).",
+    )
     parser.add_argument("--onmt_venv", default=os.path.join(CACHE, "onmt-venv"))
     parser.add_argument("--onmt_work", default=os.path.join(CACHE, "onmt-work", "decode"))
     parser.add_argument("--skip_opennmt", action="store_true", help="Time ours only.")
@@ -475,26 +554,21 @@ def main():
         print("written", common.write_json("decode_agreement", payload))
         return
     text_dir = write_texts(args.work, data_dir, sources, references)
-    measured = {}
     sizes = _Sizes(ours=args.call_size, tfa=args.batch_size)
-    timing = _Timing(args.streams, args.repeats)
-    live = live_variants(trainer, sources, sizes, timing)
-    for key, result in live.items():
-        measured[("ours", "in_process", *key)] = result
+    opennmt = None if args.skip_opennmt else OpenNMT(args, data_dir, text_dir, len(sources))
     with tempfile.TemporaryDirectory(prefix="bench-decode-") as export_root:
-        variants = saved_model_variants(trainer, sources, args.call_size, timing, export_root)
-    for key, result in variants.items():
-        measured[("ours", "saved_model", *key)] = result
-    if not args.skip_opennmt:
-        for name, result in run_opennmt(args, data_dir, text_dir, len(sources)).items():
-            model, mode, streams = name.split("/")
-            measured[("opennmt-tf", model, mode, int(streams), "float32")] = result
+        ours = live_variants(trainer, sources, sizes) + saved_model_variants(
+            trainer, sources, args.call_size, export_root
+        )
+        measured = measure(ours, opennmt, args.streams, args.repeats)
+    if opennmt:
+        opennmt.close()
     rows = _rows(measured, references, trainer.target_tokenizer)
     common.print_table(
         rows,
         ["system", "model", "mode", "streams", "products", "sentences_per_second"]
-        + ["pieces_per_second", "bleu", "seconds", "sentences_vs_opennmt", "pieces_vs_opennmt"]
-        + ["sentences_vs_opennmt_1_stream"],
+        + ["pieces_per_second", "bleu", "passes", "sentences_vs_opennmt", "range_vs_opennmt"]
+        + ["pieces_vs_opennmt", "sentences_vs_opennmt_1_stream"],
     )
     agree = agreement(trainer, sources, order, args.batch_size)
     print("fused vs TFA beam search:", json.dumps(agree))

@@ -2,17 +2,18 @@
 
 Set-up, cached in --work: tokenized files from --train_tsv with the given SentencePiece models
 (prepare.py; bench/decode.py passes its dataset's, so both systems see the same pieces), then
-`onmt-main train` for --steps (model.py, config.yml, seed 1, with our training recipe, RECIPE).
+`onmt-main train` for --steps (model.py, config.yml, --seed, with our training recipe, RECIPE).
 Each cache directory is named by a digest of its inputs (the pairs and SentencePiece models; then
 RECIPE, config.yml and model.py), so a changed recipe, corpus or vocabulary trains afresh instead
 of reusing a stale model (a change to prepare.py's output needs its data-* directories removed).
-Then the test --sources are decoded greedy and with beam --beam_width, in length-sorted batches
-of --batch_size, two ways: the model's serving function in-process (SentencePiece pieces in and
-out, as `onmt-main infer` feeds it) and its exported SavedModel (with SentencePiece in Python
-around each call, so both sides of the comparison take and return text). Each variant is warmed
-up on one batch, then timed one batch at a time (as `onmt-main infer` runs) and, with --streams
-above 1, that many batches at once from threads (as our tools run). Writes
-{"in_process/greedy/1": [seconds, translations in input order], ...} to --output.
+Then it loads four decoders of the test --sources, greedy and beam --beam_width, each in
+length-sorted batches of --batch_size: the model's serving function in-process (SentencePiece
+pieces in and out, as `onmt-main infer` feeds it) and its exported SavedModel (with SentencePiece
+in Python around each call, so both sides of the comparison take and return text). It then
+times them on request, one pass at a time (`serve_requests`: a JSON line on stdin asks for a
+variant and a number of streams, batches decoded at once from threads; one stream is how
+`onmt-main infer` runs), so that bench/decode.py can put each pass beside one of its own.
+Each variant is warmed up on one batch before its first pass.
 """
 
 import argparse
@@ -33,6 +34,8 @@ import yaml
 from opennmt.utils import checkpoint as checkpoint_util
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+READY = "@@ready"  # the line that says the variants are loaded and requests are read
+REPLY_PREFIX = "@@reply "  # starts each reply line (other stdout lines are OpenNMT-tf's)
 # Our training recipe (pipeline/config.py's TrainConfig, trainer/task.py's train step), added to
 # config.yml for a checkpoint of comparable quality at equal steps, spelt as OpenNMT-tf reads it:
 # - ours divides the summed token losses by the pairs in the batch: OpenNMT-tf's default,
@@ -95,6 +98,8 @@ def train(args, data_dir: str) -> str:
     """`onmt-main train` for --steps, unless that run finished; an unfinished one resumes."""
     files = [os.path.join(HERE, name) for name in ("config.yml", "model.py")]
     digest = _digest([os.path.basename(data_dir), RECIPE], files)
+    if args.seed != 1:  # seed 1's directories predate the flag
+        digest += f"-seed{args.seed}"
     model_dir = os.path.join(args.work, f"model-{args.steps}-{digest}")
     latest = tf.train.latest_checkpoint(model_dir)
     if latest and latest.endswith(f"-{args.steps}"):
@@ -110,7 +115,7 @@ def train(args, data_dir: str) -> str:
             [os.path.join(os.path.dirname(sys.executable), "onmt-main")]
             + ["--config", os.path.join(HERE, "config.yml"), steps]
             + ["--model", os.path.join(HERE, "model.py"), "--data_dir", data_dir]
-            + ["--model_dir", model_dir, "--seed", "1", "train"],
+            + ["--model_dir", model_dir, "--seed", str(args.seed), "train"],
             check=True,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -147,21 +152,16 @@ def _batches(sources: list[str], pieces: list[list[str]], batch_size: int):
         yield indices, [sources[i] for i in indices], _padded([pieces[i] for i in indices])
 
 
-def _time(call, batches, count: int, streams: int, repeats: int) -> tuple[float, list[str]]:
-    """Warms up on the first batch, then times all, `streams` batches at once, `repeats` times;
-    returns (the fastest pass' seconds, outputs in input order)."""
-    call(*batches[0][1:])
-    passes = []
-    for _ in range(repeats):
-        outputs = [None] * count
-        started = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(streams) as pool:
-            results = pool.map(lambda batch: call(*batch[1:]), batches)
-            for (indices, _, _), texts in zip(batches, results, strict=True):
-                for index, text in zip(indices, texts, strict=True):
-                    outputs[index] = text
-        passes.append(time.perf_counter() - started)
-    return min(passes), outputs
+def _one_pass(call, batches, count: int, streams: int) -> tuple[float, list[str]]:
+    """(seconds to decode all batches, `streams` at once, outputs in input order)."""
+    outputs = [None] * count
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(streams) as pool:
+        results = pool.map(lambda batch: call(*batch[1:]), batches)
+        for (indices, _, _), texts in zip(batches, results, strict=True):
+            for index, text in zip(indices, texts, strict=True):
+                outputs[index] = text
+    return time.perf_counter() - started, outputs
 
 
 def _detokenizer(target_sp):
@@ -176,28 +176,29 @@ def _detokenizer(target_sp):
     return detokenize
 
 
-def measure(args, data_dir: str, model_dir: str, sources: list[str]) -> dict:
-    source_sp = spm.SentencePieceProcessor(model_file=os.path.join(data_dir, "en.model"))
-    target_sp = spm.SentencePieceProcessor(model_file=os.path.join(data_dir, "de.model"))
-    detokenize = _detokenizer(target_sp)
-    batches = list(_batches(sources, source_sp.encode(sources, out_type=str), args.batch_size))
-    counts = sorted({1, args.streams})
-    results = {}
-    for mode, width in (("greedy", 1), (f"beam{args.beam_width}", args.beam_width)):
-        runner = _runner(args, data_dir, model_dir, width)
-        config = runner._finalize_config()
-        model = runner._init_model(config)
-        checkpoint_util.Checkpoint.from_config(config, model).restore(weights_only=True)
-        serve = model.serve_function()
-        for streams in counts:
-            results[f"in_process/{mode}/{streams}"] = _time(
-                lambda texts, inputs, serve=serve: detokenize(serve(inputs)),
-                batches,
-                len(sources),
-                streams,
-                args.repeats,
+class Variants:
+    """OpenNMT-tf's decoders of the test sources, by name ("in_process/greedy",
+    "saved_model/beam4", ...), each warmed up on one batch when first timed."""
+
+    def __init__(self, args, data_dir: str, model_dir: str, sources: list[str], export_root: str):
+        source_sp = spm.SentencePieceProcessor(model_file=os.path.join(data_dir, "en.model"))
+        target_sp = spm.SentencePieceProcessor(model_file=os.path.join(data_dir, "de.model"))
+        detokenize = _detokenizer(target_sp)
+        self._count = len(sources)
+        self._batches = list(
+            _batches(sources, source_sp.encode(sources, out_type=str), args.batch_size)
+        )
+        self._calls, self._warm = {}, set()
+        for mode, width in (("greedy", 1), (f"beam{args.beam_width}", args.beam_width)):
+            runner = _runner(args, data_dir, model_dir, width)
+            config = runner._finalize_config()
+            model = runner._init_model(config)
+            checkpoint_util.Checkpoint.from_config(config, model).restore(weights_only=True)
+            serve = model.serve_function()
+            self._calls[f"in_process/{mode}"] = lambda texts, inputs, serve=serve: detokenize(
+                serve(inputs)
             )
-        with tempfile.TemporaryDirectory(prefix="onmt-export-") as export_dir:
+            export_dir = os.path.join(export_root, mode)
             runner.export(export_dir)
             signature = tf.saved_model.load(export_dir).signatures["serving_default"]
 
@@ -206,12 +207,28 @@ def measure(args, data_dir: str, model_dir: str, sources: list[str]) -> dict:
                 del inputs
                 return detokenize(signature(**_padded(source_sp.encode(texts, out_type=str))))
 
-            for streams in counts:
-                results[f"saved_model/{mode}/{streams}"] = _time(
-                    served, batches, len(sources), streams, args.repeats
-                )
-        print(f"OpenNMT-tf {mode}: done", flush=True)
-    return results
+            self._calls[f"saved_model/{mode}"] = served
+
+    def time(self, name: str, streams: int) -> tuple[float, list[str]]:
+        """One timed pass of variant `name` over every batch, `streams` batches at once."""
+        call = self._calls[name]
+        if name not in self._warm:
+            call(*self._batches[0][1:])
+            self._warm.add(name)
+        return _one_pass(call, self._batches, self._count, streams)
+
+
+def serve_requests(variants: Variants, requests, replies) -> None:
+    """Answers one JSON request per line, {"variant": name, "streams": n}, with one line:
+    REPLY_PREFIX + JSON [seconds, outputs]. bench/decode.py sends them between its own timings,
+    so each of OpenNMT-tf's passes runs beside one of ours (the VM's speed drifts)."""
+    replies.write(READY + "\n")
+    replies.flush()
+    for line in requests:
+        request = json.loads(line)
+        result = variants.time(request["variant"], request["streams"])
+        replies.write(REPLY_PREFIX + json.dumps(result) + "\n")
+        replies.flush()
 
 
 def main():
@@ -221,13 +238,11 @@ def main():
     parser.add_argument("--source_sentencepiece", required=True, help="Source SentencePiece model.")
     parser.add_argument("--target_sentencepiece", required=True, help="Target SentencePiece model.")
     parser.add_argument("--sources", required=True, help="Test sources, one per line.")
-    parser.add_argument("--output", required=True, help="Results JSON.")
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=1, help="Training seed (onmt-main --seed).")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--beam_width", type=int, default=4)
-    parser.add_argument("--streams", type=int, default=1, help="Also time this many at once.")
-    parser.add_argument("--repeats", type=int, default=1, help="Passes timed; the fastest kept.")
     parser.add_argument("--length_penalty", type=float, default=0.6)
     parser.add_argument("--max_length", type=int, default=80)
     args = parser.parse_args()
@@ -237,9 +252,9 @@ def main():
         sources = [line.rstrip("\n") for line in f]
     if args.limit:
         sources = sources[: args.limit]
-    results = measure(args, data_dir, model_dir, sources)
-    with open(args.output, "w", encoding="utf-8") as f:
-        json.dump(results, f)
+    with tempfile.TemporaryDirectory(prefix="onmt-export-") as export_root:
+        variants = Variants(args, data_dir, model_dir, sources, export_root)
+        serve_requests(variants, sys.stdin, sys.stdout)
 
 
 if __name__ == "__main__":
