@@ -22,18 +22,19 @@ so the steps stay full; TFA's beam search, which cannot, in batches of --batch_s
   bfloat16 products (`model.export_precision=mixed_bfloat16`);
 - OpenNMT-tf: its model's serving function in-process (pieces in and out) and its exported
   SavedModel (SentencePiece in Python around it).
-Each variant is warmed up on one batch, then timed over all, one batch at a time and --streams
-batches at once (threads; our tools decode 2 at once by default, `serving.DEFAULT_STREAMS`;
-OpenNMT-tf's `onmt-main infer` one at a time; TFA's beam search is timed on one stream only).
+Each variant is warmed up on one batch, then timed over all, --streams batches at once (threads;
+our tools decode 2 at once by default, `serving.DEFAULT_STREAMS`; OpenNMT-tf's `onmt-main infer`
+one at a time: run once with --streams 1 for that), with each stream's ops on its share of the
+cores in both processes (`serving.share_cores`, as our tools run: two decodes whose products
+each split over every core contend for them).
 OpenNMT-tf runs in its own process beside ours and times a pass when asked, so the passes are
-interleaved (`measure`): --repeats rounds per variant and streams, each one pass of OpenNMT-tf's
-and one of each of ours it compares with, in ABBA order. This VM's speed drifts by 20-70% within
+interleaved (`measure`): --repeats rounds per variant, each one pass of OpenNMT-tf's and one of
+each of ours it compares with, in ABBA order. This VM's speed drifts by 20-70% within
 an hour; a ratio taken within a round is not moved by it, the two systems timed minutes apart were.
 The table gives sentences/s (the fastest pass), each pass's seconds, target pieces/s and BLEU
 (sacreBLEU against the references, so the two checkpoints' quality can be compared), and
-ours/OpenNMT-tf at the same streams per sentence (the median of the rounds' ratios and their
-range) and per target piece, and against OpenNMT-tf on one stream (as its tool runs; fastest
-passes); then how often the fused and TFA's beam search agree on the same weights (`agreement`).
+ours/OpenNMT-tf per sentence (the median of the rounds' ratios and their range) and per target
+piece; then how often the fused and TFA's beam search agree on the same weights (`agreement`).
 Run it alone.
 
 Agreement: the same best translation and every beam's score within 1e-4, sentence by sentence.
@@ -49,7 +50,8 @@ Two things made the searches look different where they are not:
   other sentences of the batch; the fused search ranks every sentence. Those sentences are
   compared again against TFA run to the maximum length (`*_tfa_to_max_length`).
 
-  .venv/bin/python bench/decode.py                       # set-up once (~20 min alone), then ~8 min
+  .venv/bin/python bench/decode.py                       # set-up once (~15 min alone), then ~5 min
+  .venv/bin/python bench/decode.py --streams 1           # one batch at a time, as onmt-main infer
   .venv/bin/python bench/decode.py --limit 200 --steps 100   # smoke run
   .venv/bin/python bench/decode.py --agreement_only      # the agreement alone (a timing-free check)
 """
@@ -189,11 +191,6 @@ class _Sizes(NamedTuple):
 
     ours: int
     tfa: int
-
-
-def _stream_counts(name: str, streams: int) -> list[int]:
-    """1 and `streams` for the fused searches; 1 for TFA's (the previous path, for scale)."""
-    return [1] if "TFA" in name or streams == 1 else [1, streams]
 
 
 def piece_order(trainer, sources: list[str]) -> list[int]:
@@ -369,7 +366,8 @@ class OpenNMT:
 
     READY, REPLY_PREFIX = "@@ready", "@@reply "  # as opennmt_reference/decode.py writes them
 
-    def __init__(self, args, data_dir: str, text_dir: str, limit: int):
+    def __init__(self, args, data_dir: str, text_dir: str, limit: int, threads: int):
+        """`threads`: intra-op threads per op (0: TensorFlow's default), as ours run."""
         python = os.path.join(args.onmt_venv, "bin", "python")
         if not os.path.exists(python):
             raise SystemExit(
@@ -385,7 +383,8 @@ class OpenNMT:
             + [f"--target_sentencepiece={layout.vocabulary('target')}"]
             + [f"--sources={os.path.join(text_dir, 'test.en')}", f"--limit={limit}"]
             + [f"--steps={args.steps}", f"--seed={args.onmt_seed}"]
-            + [f"--batch_size={args.batch_size}", f"--beam_width={BEAM_WIDTH}"],
+            + [f"--batch_size={args.batch_size}", f"--beam_width={BEAM_WIDTH}"]
+            + [f"--intra_op_threads={threads}"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -414,38 +413,37 @@ class OpenNMT:
 
 
 def measure(ours: list[_Variant], opennmt: OpenNMT | None, streams: int, repeats: int) -> dict:
-    """{(system, model, mode, streams, products): [(seconds, outputs) per round]}.
+    """{(system, model, mode, streams, products): [(seconds, outputs) per round]}, `streams`
+    batches at once.
 
     The VM's speed drifts by 20% and more within minutes, so OpenNMT-tf's passes are taken
-    beside ours: for each of its variants and stream counts, `repeats` rounds of one pass of it
-    and one of each of our variants it compares with, in alternating order (ABBA), so the
-    ratio of a round compares passes taken a minute or two apart.
+    beside ours: for each of its variants, `repeats` rounds of one pass of it and one of each
+    of our variants it compares with, in alternating order (ABBA), so the ratio of a round
+    compares passes taken a minute or two apart.
     """
     cells = {}
     for variant in ours:
-        for count in _stream_counts(variant.mode, streams):
-            mode = variant.mode.replace(" (TFA)", "")
-            cells.setdefault((variant.model, mode, count), []).append(variant)
+        mode = variant.mode.replace(" (TFA)", "")
+        cells.setdefault((variant.model, mode), []).append(variant)
     measured = {}
-    for (model, mode, count), variants in cells.items():
+    for (model, mode), variants in cells.items():
         sequence = ([None] if opennmt else []) + variants
         for round_ in range(repeats):
             for variant in sequence if round_ % 2 == 0 else sequence[::-1]:
                 if variant is None:
-                    key = ("opennmt-tf", model, mode, count, "float32")
-                    result = opennmt.time(f"{model}/{mode}", count)
+                    key = ("opennmt-tf", model, mode, streams, "float32")
+                    result = opennmt.time(f"{model}/{mode}", streams)
                 else:
-                    key = ("ours", model, variant.mode, count, variant.products)
-                    result = variant.time(count)
+                    key = ("ours", model, variant.mode, streams, variant.products)
+                    result = variant.time(streams)
                 measured.setdefault(key, []).append(result)
                 print(f"{', '.join(map(str, key))}: {result[0]:.1f} s", flush=True)
     return measured
 
 
 def _rows(measured: dict, references: list[str], target_tokenizer) -> list[dict]:
-    """A row per system and variant: the fastest pass's speed; against OpenNMT-tf at the same
-    streams, the median and range of the rounds' ratios (each round's passes side by side);
-    against its one stream (as its tool runs), the fastest passes' ratio."""
+    """A row per system and variant: the fastest pass's speed; against OpenNMT-tf, the median
+    and range of the rounds' ratios (each round's passes side by side)."""
     rows = []
     for (system, model, mode, streams, products), passes in measured.items():
         seconds, hypotheses = min(passes, key=lambda result: result[0])
@@ -466,14 +464,12 @@ def _rows(measured: dict, references: list[str], target_tokenizer) -> list[dict]
                 "pieces": int(pieces.sum()),
             }
         )
-    reference = {
-        (r["model"], r["mode"], r["streams"]): r for r in rows if r["system"] == "opennmt-tf"
-    }
+    reference = {(r["model"], r["mode"]): r for r in rows if r["system"] == "opennmt-tf"}
     for row in rows:
         if row["system"] != "ours":
             continue
         model, mode = row["model"], row["mode"].replace(" (TFA)", "")
-        paired = reference.get((model, mode, row["streams"]))
+        paired = reference.get((model, mode))
         if paired:
             ratios = sorted(
                 theirs / mine for mine, theirs in zip(row["passes"], paired["passes"], strict=True)
@@ -482,11 +478,6 @@ def _rows(measured: dict, references: list[str], target_tokenizer) -> list[dict]
             row["range_vs_opennmt"] = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
             row["pieces_vs_opennmt"] = round(
                 row["sentences_vs_opennmt"] * row["pieces"] / paired["pieces"], 2
-            )
-        one_stream = reference.get((model, mode, 1))
-        if one_stream:
-            row["sentences_vs_opennmt_1_stream"] = round(
-                row["sentences_per_second"] / one_stream["sentences_per_second"], 2
             )
     return rows
 
@@ -508,13 +499,13 @@ def main():
         "--streams",
         type=int,
         default=serving.DEFAULT_STREAMS,
-        help="Batches at once for the second timing of each variant (the first: one).",
+        help="Batches decoded at once on both sides, each on its share of the cores.",
     )
     parser.add_argument(
         "--repeats",
         type=int,
         default=2,
-        help="Rounds of interleaved passes per variant and streams (ours beside OpenNMT-tf's).",
+        help="Rounds of interleaved passes per variant (ours beside OpenNMT-tf's).",
     )
     parser.add_argument("--steps", type=int, default=1500, help="Training steps of both models.")
     parser.add_argument(
@@ -538,6 +529,7 @@ def main():
     args = parser.parse_args()
     data_dir = prepare_dataset(args.work)
     run_dir = args.run_dir or train_ours(args.work, data_dir, args.steps)
+    threads = serving.share_cores(args.streams)  # before TensorFlow's first op
     trainer = load_trainer(run_dir, decode_slots=args.batch_size)
     sources, references = evaluate_main.read_split(data_dir, "test")
     if args.limit:
@@ -555,7 +547,9 @@ def main():
         return
     text_dir = write_texts(args.work, data_dir, sources, references)
     sizes = _Sizes(ours=args.call_size, tfa=args.batch_size)
-    opennmt = None if args.skip_opennmt else OpenNMT(args, data_dir, text_dir, len(sources))
+    opennmt = (
+        None if args.skip_opennmt else OpenNMT(args, data_dir, text_dir, len(sources), threads)
+    )
     with tempfile.TemporaryDirectory(prefix="bench-decode-") as export_root:
         ours = live_variants(trainer, sources, sizes) + saved_model_variants(
             trainer, sources, args.call_size, export_root
@@ -568,7 +562,7 @@ def main():
         rows,
         ["system", "model", "mode", "streams", "products", "sentences_per_second"]
         + ["pieces_per_second", "bleu", "passes", "sentences_vs_opennmt", "range_vs_opennmt"]
-        + ["pieces_vs_opennmt", "sentences_vs_opennmt_1_stream"],
+        + ["pieces_vs_opennmt"],
     )
     agree = agreement(trainer, sources, order, args.batch_size)
     print("fused vs TFA beam search:", json.dumps(agree))
@@ -578,12 +572,13 @@ def main():
         "batch_size": args.batch_size,
         "call_size": args.call_size,
         "streams": args.streams,
+        "intra_op_threads": threads,
         "repeats": args.repeats,
         "beam_width": BEAM_WIDTH,
         "results": rows,
         "agreement_with_tfa": agree,
     }
-    print("written", common.write_json("decode", payload))
+    print("written", common.write_json(f"decode_streams{args.streams}", payload))
 
 
 if __name__ == "__main__":

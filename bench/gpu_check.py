@@ -10,7 +10,8 @@ bench/results/gpu_check.json as it goes:
   dataset       the bundled corpus preprocessed, unless --data_dir already holds it
   train_speed   bench/train.py, graph mode, float32 and mixed_float16
   train_run     a short mixed_float16 run of the reference model (nmt-train)
-  decode_speed  bench/decode.py on that run (decoding is float32 by design: the float32 twin)
+  decode_speed  bench/decode.py on that run, ours only (decoding is float32 by design: the
+                float32 twin; OpenNMT-tf's venv is not expected there)
 
 A step that cannot finish inside the budget is stopped and recorded as such; the ones after it are
 recorded as skipped. Without a GPU the check stops after the probe and says why. `--dry_run`
@@ -104,9 +105,10 @@ def plan(data_dir: str, work_dir: str) -> list[Step]:
         ),
         Step(
             "decode_speed",
-            (python, "bench/decode.py", f"--run_dir={run_dir}", "--limit=100"),
+            (python, "bench/decode.py", f"--run_dir={run_dir}", "--limit=100", "--streams=2")
+            + ("--skip_opennmt",),  # its venv is this machine's (bench/opennmt_reference/)
             150,
-            os.path.join(common.RESULTS, "decode.json"),
+            os.path.join(common.RESULTS, "decode_streams2.json"),
             needs=("train_run",),
         ),
     ]

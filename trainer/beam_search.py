@@ -118,17 +118,22 @@ def top_k(logits, k: int):
     return values, group * size + positions % size
 
 
-def _log_softmax_at(logits, row_max, best, chosen):
-    """`tf.nn.log_softmax(logits)` at the `chosen` logits of each row ([n, c]), without the
-    [n, V] output, given each row's maximum `row_max` and its position `best` ([n, 1]).
+def _log_softmax_at_max(logits, best):
+    """`tf.nn.log_softmax(logits)` at each row's maximum, whose position is `best` ([n, 1]),
+    without the [n, V] output: the log of the softmax there, 1 / sum(exp(x - max)).
 
-    log_softmax(x)_j = (x_j - max) - log(sum(exp(x - max))), and the softmax at the maximum is
-    1 / sum(exp(x - max)). TensorFlow's CPU softmax (oneDNN) forms that sum in one pass, about
-    twice as fast as exp and sum as separate ops over [n, 8,000] rows, the largest cost of a
-    beam-search step after the matrix products; the result differs by rounding (~1e-7).
+    TensorFlow's CPU softmax (oneDNN) forms that sum in one pass, about twice as fast as exp
+    and sum as separate ops over [n, 8,000] rows, the largest cost of a search step after the
+    matrix products; the result differs from log_softmax's by rounding (~1e-7).
     """
-    at_max = tf.gather(tf.nn.softmax(logits), best, batch_dims=1)
-    return (chosen - row_max) + tf.math.log(at_max)
+    return tf.math.log(tf.gather(tf.nn.softmax(logits), best, batch_dims=1))
+
+
+def _log_softmax_at(logits, row_max, best, chosen):
+    """`tf.nn.log_softmax(logits)` at the `chosen` logits of each row ([n, c]), given each
+    row's maximum `row_max` and its position `best` ([n, 1]):
+    log_softmax(x)_j = (x_j - max) + log_softmax(x)_max."""
+    return (chosen - row_max) + _log_softmax_at_max(logits, best)
 
 
 def _live_proposals(project, attention, live, beam_width: int):
@@ -463,8 +468,8 @@ def greedy_decode(
         at = tf.stack([greedy.rows, greedy.positions], axis=1)
         ids = tf.tensor_scatter_nd_update(ids, at, tokens)
         if log_probs:
-            best = tf.reduce_max(logits, axis=1, keepdims=True)
-            scored = _log_softmax_at(logits, best, tokens[:, None], best)[:, 0]
+            # The argmax is the row's maximum: its log-probability needs no max pass.
+            scored = _log_softmax_at_max(logits, tokens[:, None])[:, 0]
             summed = tf.tensor_scatter_nd_add(summed, greedy.rows[:, None], scored)
         greedy = greedy._replace(
             tokens=tokens[:, None], state=state, positions=greedy.positions + 1

@@ -134,15 +134,16 @@ def step(weights: StepWeights, memory: Memory, state: State, embedded):
       The attention vectors (what the output projection reads and the next step takes as input),
       the new `State`, and the attention weights [b, k, S] (for the coverage penalty).
     """
-    x = tf.concat([tf.cast(embedded, STATE_DTYPE), state.attention], axis=-1)
-    cells = []
+    # The first layer reads [embedding, attention, h] in one concatenation (it has no residual).
+    inputs, x, cells = [tf.cast(embedded, STATE_DTYPE), state.attention], None, []
     for kernel, bias, residual, (h, c) in zip(
         weights.step_kernels, weights.biases, weights.residual, state.cells, strict=True
     ):
-        z = _dense(tf.concat([x, h], axis=-1), kernel) + bias
+        z = _dense(tf.concat([*inputs, h], axis=-1), kernel) + bias
         new_h, new_c, _, _ = recurrent.cell_forward(z, c)
         cells.append((new_h, new_c))
         x = new_h + x if residual else new_h
+        inputs = [x]
     raw = _batched(x, memory.keys_t)  # [b, k, S]
     masked = tf.fill(tf.shape(raw), STATE_DTYPE.min)
     alignment = tf.nn.softmax(tf.where(memory.mask, weights.scale * raw, masked))

@@ -105,6 +105,8 @@ def _read_inputs() -> tuple[list[str], list[str], dict]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    # Before reading, which starts TensorFlow: a split is usually several calls.
+    serving.share_cores(_STREAMS.value)
     try:
         sources, references, inputs = _read_inputs()
         translator = serving.load_translator(_MODEL.value)

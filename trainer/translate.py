@@ -50,6 +50,7 @@ def _read_sentences(argv: list[str]) -> list[str]:
 def main(argv):
     try:
         sentences = _read_sentences(argv[1:])
+        serving.share_cores(_STREAMS.value, calls=-(-len(sentences) // _BATCH.value))
         translator = serving.load_translator(_MODEL.value)
     except serving.TranslationError as e:
         raise app.UsageError(str(e)) from None

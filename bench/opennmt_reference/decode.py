@@ -242,10 +242,15 @@ def main():
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=1, help="Training seed (onmt-main --seed).")
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument(
+        "--intra_op_threads", type=int, default=0, help="Threads per op (0: TensorFlow's)."
+    )
     parser.add_argument("--beam_width", type=int, default=4)
     parser.add_argument("--length_penalty", type=float, default=0.6)
     parser.add_argument("--max_length", type=int, default=80)
     args = parser.parse_args()
+    if args.intra_op_threads:  # before TensorFlow's first op; training runs in onmt-main
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     data_dir = prepare(args)
     model_dir = train(args, data_dir)
     with open(args.sources, encoding="utf-8") as f:

@@ -197,6 +197,40 @@ def test_in_streams_overlaps_decodes_and_keeps_their_order():
         list(serving.in_streams(decode, [1, 99, 2], streams=2))
 
 
+def _in_fresh_process(program: str) -> list[int]:
+    """The integers a Python program prints, run in a fresh process (TensorFlow's threads are
+    set once per process)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, tensorflow as tf\nfrom trainer import serving\n" + program,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=dataset_fixture.REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [int(word) for word in result.stdout.split()]
+
+
+def test_streams_share_the_cores_before_tensorflow_starts():
+    """Streams split the cores between them, never below one thread each; a job of one call
+    keeps TensorFlow's default; once TensorFlow has run an op nothing changes, and the call
+    says so by returning 0."""
+    threads = "tf.config.threading.get_intra_op_parallelism_threads()"
+    one_call, unchanged, many, two, set_to, cores = _in_fresh_process(
+        f"a = serving.share_cores(2, calls=1)\nb = {threads}\n"
+        f"c = serving.share_cores(10**6)\nd = serving.share_cores(2, calls=5)\n"
+        f"print(a, b, c, d, {threads}, len(os.sched_getaffinity(0)))\n"
+    )
+    assert (one_call, unchanged) == (0, 0)  # 0: TensorFlow's own choice
+    assert many == 1
+    assert two == set_to == max(1, cores // 2)
+    late, after = _in_fresh_process(f"tf.constant(1) + 1\nprint(serving.share_cores(2), {threads})")
+    assert (late, after) == (0, 0)
+
+
 def test_zero_streams_is_a_usage_error(export_dir):
     result = _translate(f"--model={export_dir}", "--streams=0", "OK.")
     assert result.returncode != 0
