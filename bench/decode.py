@@ -511,8 +511,9 @@ def main():
     parser.add_argument(
         "--onmt_seed",
         type=int,
-        default=1,
-        help="OpenNMT-tf's training seed (its checkpoint's quality moves with it).",
+        default=2,
+        help="OpenNMT-tf's training seed: its checkpoint's quality moves with it (EPYC-BF16 "
+        "host: seed 1 reached test BLEU 13.2 / 14.9, seed 2 16.3 / 16.6; ours 17.8 / 15.6).",
     )
     parser.add_argument("--onmt_venv", default=os.path.join(CACHE, "onmt-venv"))
     parser.add_argument("--onmt_work", default=os.path.join(CACHE, "onmt-work", "decode"))
