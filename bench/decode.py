@@ -412,6 +412,12 @@ class OpenNMT:
         self._process.wait()
 
 
+def _opennmt_variant(model: str, mode: str) -> tuple[str, str]:
+    """OpenNMT-tf's variant that ours of `model` and `mode` compares with (TFA's beam search
+    with OpenNMT-tf's beam search)."""
+    return model, mode.replace(" (TFA)", "")
+
+
 def measure(ours: list[_Variant], opennmt: OpenNMT | None, streams: int, repeats: int) -> dict:
     """{(system, model, mode, streams, products): [(seconds, outputs) per round]}, `streams`
     batches at once.
@@ -423,8 +429,7 @@ def measure(ours: list[_Variant], opennmt: OpenNMT | None, streams: int, repeats
     """
     cells = {}
     for variant in ours:
-        mode = variant.mode.replace(" (TFA)", "")
-        cells.setdefault((variant.model, mode), []).append(variant)
+        cells.setdefault(_opennmt_variant(variant.model, variant.mode), []).append(variant)
     measured = {}
     for (model, mode), variants in cells.items():
         sequence = ([None] if opennmt else []) + variants
@@ -468,8 +473,7 @@ def _rows(measured: dict, references: list[str], target_tokenizer) -> list[dict]
     for row in rows:
         if row["system"] != "ours":
             continue
-        model, mode = row["model"], row["mode"].replace(" (TFA)", "")
-        paired = reference.get((model, mode))
+        paired = reference.get(_opennmt_variant(row["model"], row["mode"]))
         if paired:
             ratios = sorted(
                 theirs / mine for mine, theirs in zip(row["passes"], paired["passes"], strict=True)
