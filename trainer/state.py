@@ -57,10 +57,13 @@ class TrainState:
         tf.keras.mixed_precision.set_global_policy(policy)
         _check_export_precision(cfg.model, cfg.model.export_precision)
         with strategy.scope():
-            self.model = task.build_model(cfg.model, self.metadata)
+            # The twins below share these variables: a build creates them in this order.
+            self._model_variables = []
+            with tf.variable_creator_scope(_recording(self._model_variables)):
+                self.model = task.build_model(cfg.model, self.metadata)
+                _create_model_variables(self.model, cfg.model.units)
             self.optimizer = schedules.build_optimizer(cfg.train, policy)
             self.task = task.TranslationTask(cfg, self.model, self.optimizer)
-            _create_model_variables(self.model, cfg.model.units)
             self.optimizer.build(self.model.trainable_variables)
             self._float32_twin = (
                 self._build_twin(precision.FLOAT32) if policy != precision.FLOAT32 else None
@@ -92,22 +95,19 @@ class TrainState:
         return int(self.optimizer.iterations.numpy())
 
     def _build_twin(self, policy: str):
-        """The model again with `policy` layers: float32 for `decoding_model` (mixed precision
-        only), bfloat16 for `export_model` (a run trained in another precision)."""
+        """The model again with `policy` layers over the model's own variables (no copy, and
+        an export of both holds its weights once): float32 for `decoding_model` (mixed
+        precision only), bfloat16 for `export_model` (a run trained in another precision)."""
         previous = tf.keras.mixed_precision.global_policy()
         tf.keras.mixed_precision.set_global_policy(policy)
+        shared = _SharingCreator(self._model_variables)
         try:
-            twin = task.build_model(self.cfg.model, self.metadata)
-            _create_model_variables(twin, self.cfg.model.units)
+            with tf.variable_creator_scope(shared):
+                twin = task.build_model(self.cfg.model, self.metadata)
+                _create_model_variables(twin, self.cfg.model.units)
         finally:
             tf.keras.mixed_precision.set_global_policy(previous)
-        return twin
-
-    def _with_current_weights(self, twin):
-        """`twin` with the model's current weights copied in (mixed-precision variables read
-        as float32 outside a layer's call)."""
-        for target, source in zip(twin.variables, self.model.variables, strict=True):
-            target.assign(source)
+        shared.check_all_taken()
         return twin
 
     def search_model(self):
@@ -117,9 +117,9 @@ class TrainState:
         The fused searches (`beam_search`, `decoder_step`) keep states, log-probabilities and
         scores in float32 and run only the matrix products in the compute dtype, as training
         does, so bfloat16 there costs no measurable BLEU (README, *Precision*) and spares the
-        float32 products and the twin's weight copy. TFA's decoders (the other configs) and
-        float16 keep the twin. Export does too unless asked otherwise (`export_model`): a
-        SavedModel may be served on machines whose bfloat16 is emulated.
+        float32 products. TFA's decoders (the other configs) and float16 keep the twin. An
+        export holds a float32 search beside the bfloat16 one (`export_model`): a SavedModel
+        may be served on machines whose bfloat16 is emulated.
         """
         if self.cfg.train.mixed_precision == precision.BFLOAT16 and decoder_step.supports(
             self.cfg.model
@@ -134,30 +134,31 @@ class TrainState:
         Mixed precision keeps float32 weights but runs layers in bfloat16 or float16. Decoding
         there would run TFA's LSTM states in 8 significant bits and add up beam-search
         log-probabilities in them too (TFA keeps scores in the state's dtype), so it runs a
-        float32 twin instead, with the current weights copied in on each call.
+        float32 twin instead, over the same variables.
         """
         if self._float32_twin is None:
             return self.model
-        return self._with_current_weights(self._float32_twin)
+        return self._float32_twin
 
-    def export_model(self, products: str = ""):
-        """The model a SavedModel is traced from: `decoding_model()` (float32 layers), or with
-        `products` (default `model.export_precision`) mixed_bfloat16 one whose fused searches
+    def export_model(self, products: str):
+        """The model a SavedModel's search is traced from, by Keras policy `products`:
+        float32, `decoding_model()` (float32 layers); mixed_bfloat16, one whose fused searches
         run bfloat16 products (the training model when it trained so, else a twin built on
         first use)."""
-        products = products or self.cfg.model.export_precision
-        _check_export_precision(self.cfg.model, products)
         if products == precision.FLOAT32:
             return self.decoding_model()
+        _check_export_precision(self.cfg.model, products)
         if self.cfg.train.mixed_precision == precision.BFLOAT16:
             return self.model
         if self._bfloat16_twin is None:
             self._bfloat16_twin = self._build_twin(precision.BFLOAT16)
-        return self._with_current_weights(self._bfloat16_twin)
+        return self._bfloat16_twin
 
 
 def _check_export_precision(model_cfg: config_lib.ModelConfig, products: str):
-    if products != precision.FLOAT32 and not decoder_step.supports(model_cfg):
+    """Only the fused search keeps states and scores in float32 under bfloat16 products;
+    'auto' exports float32 alone for the other models."""
+    if products == precision.BFLOAT16 and not decoder_step.supports(model_cfg):
         raise config_lib.ConfigError(
             f"model.export_precision={products} needs the fused search "
             "(model.attention=luong, model.layer_norm=false): TFA's decoders, which the other "
@@ -170,6 +171,46 @@ def _check_batch_fits_replicas(batch_size: int, replicas: int):
         raise config_lib.ConfigError(
             f"data.batch_size={batch_size} must be divisible by the {replicas} replicas in sync."
         )
+
+
+def _recording(created: list):
+    """A variable creator that appends each variable it creates to `created`."""
+
+    def record(next_creator, **kwargs):
+        variable = next_creator(**kwargs)
+        created.append(variable)
+        return variable
+
+    return record
+
+
+class _SharingCreator:
+    """A variable creator that hands out `variables` in order instead of creating any: a
+    twin's build asks for them as the model's build created them (same config, same code)."""
+
+    def __init__(self, variables: list):
+        self._variables = variables
+        self._taken = 0
+
+    def __call__(self, next_creator, **kwargs):
+        del next_creator
+        if self._taken == len(self._variables):
+            raise ValueError("The twin creates more variables than the model it shares.")
+        variable = self._variables[self._taken]
+        shape = kwargs.get("shape")
+        if shape is not None and not variable.shape.is_compatible_with(shape):
+            raise ValueError(
+                f"The twin's variable {self._taken} has shape {shape}, the "
+                f"model's {variable.name} {variable.shape}."
+            )
+        self._taken += 1
+        return variable
+
+    def check_all_taken(self):
+        if self._taken != len(self._variables):
+            raise ValueError(
+                f"The twin took {self._taken} of the model's {len(self._variables)} variables."
+            )
 
 
 def _create_model_variables(seq2seq, units: int):
