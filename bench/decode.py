@@ -18,8 +18,8 @@ so the steps stay full; TFA's beam search, which cannot, in batches of --batch_s
 - ours: the live model under `tf.function` as evaluation during training decodes (fused greedy
   and beam search, in bfloat16 products when the model trained in bfloat16; and TFA's beam
   search in float32 as the previous path), and the exported SavedModel (raw strings in and out;
-  beam 1 for greedy): float32 (the default export) and, where the run searches in bfloat16,
-  bfloat16 products (`model.export_precision=mixed_bfloat16`);
+  beam 1 for greedy), both of its searches: float32 products (`serving_default`) and bfloat16
+  (`serving_bfloat16`, which `nmt-translate` runs where the host computes bfloat16 natively);
 - OpenNMT-tf: its model's serving function in-process (pieces in and out) and its exported
   SavedModel (SentencePiece in Python around it).
 Each variant is warmed up on one batch, then timed over all, --streams batches at once (threads;
@@ -58,7 +58,6 @@ Two things made the searches look different where they are not:
 
 import argparse
 import dataclasses
-import itertools
 import json
 import os
 import subprocess
@@ -82,7 +81,6 @@ from trainer import (  # noqa: E402
     evaluate_main,
     evaluation,
     export,
-    precision,
     serving,
     train_loop,
 )
@@ -236,39 +234,34 @@ def live_variants(trainer, sources, sizes) -> list[_Variant]:
 
 
 def saved_model_variants(trainer, sources, call_size, export_root: str) -> list[_Variant]:
-    """SavedModels of the trainer's weights, called with `call_size` sentences at a time (they
-    stay in `export_root` while timed): the default float32 export,
-    and the bfloat16 one (`model.export_precision`) where the run searches in bfloat16 (this
-    host computes it natively)."""
-    precisions = [precision.FLOAT32]
-    if trainer.search_model().attention_layer.compute_dtype == "bfloat16":
-        precisions.append(precision.BFLOAT16)
+    """The default SavedModel of the trainer's weights (`model.export_precision=auto`) for
+    greedy and beam search, each search it holds (float32 and, where the fused search covers
+    the model, bfloat16) loaded as `nmt-translate --precision` loads it, called with
+    `call_size` sentences at a time (the exports stay in `export_root` while timed)."""
     variants = []
-    for (name, width), products in itertools.product(
-        (("greedy", 1), (f"beam{BEAM_WIDTH}", BEAM_WIDTH)), precisions
-    ):
+    for name, width in (("greedy", 1), (f"beam{BEAM_WIDTH}", BEAM_WIDTH)):
         export_dir = export.export_saved_model(
-            trainer,
-            os.path.join(export_root, name + products),
-            beam_width=width,
-            precision=products,
+            trainer, os.path.join(export_root, name), beam_width=width
         )
-        products = "bfloat16" if products == precision.BFLOAT16 else "float32"
-        translator = serving.load_translator(export_dir)
-        # As `nmt-translate` sorts: by the pieces the export counts.
-        order = serving.length_order(sources, translator.source_lengths)
-        batches = [
-            [sources[i] for i in order[start : start + call_size]]
-            for start in range(0, len(order), call_size)
-        ]
+        for products in ("float32", "bfloat16"):
+            try:
+                translator = serving.load_translator(export_dir, products)
+            except serving.TranslationError:  # a TFA-decoded config: float32 alone
+                continue
+            # As `nmt-translate` sorts: by the pieces the export counts.
+            order = serving.length_order(sources, translator.source_lengths)
+            batches = [
+                [sources[i] for i in order[start : start + call_size]]
+                for start in range(0, len(order), call_size)
+            ]
 
-        def decode_batch(batch, translate=translator.translate):
-            out = translate(sources=tf.constant(batch))["translations"].numpy()
-            return [t.decode("utf-8") for t in out]
+            def decode_batch(batch, translate=translator.translate):
+                out = translate(sources=tf.constant(batch))["translations"].numpy()
+                return [t.decode("utf-8") for t in out]
 
-        variants.append(
-            _Variant("saved_model", name, products, _pass_timer(decode_batch, batches, order))
-        )
+            variants.append(
+                _Variant("saved_model", name, products, _pass_timer(decode_batch, batches, order))
+            )
     return variants
 
 
@@ -569,6 +562,8 @@ def main():
         + ["pieces_per_second", "bleu", "passes", "sentences_vs_opennmt", "range_vs_opennmt"]
         + ["pieces_vs_opennmt"],
     )
+    tools_choice = serving.host_choice().reason
+    print(f"nmt-translate's --precision=auto on this host: {tools_choice}")
     agree = agreement(trainer, sources, order, args.batch_size)
     print("fused vs TFA beam search:", json.dumps(agree))
     payload = {
@@ -580,6 +575,7 @@ def main():
         "intra_op_threads": threads,
         "repeats": args.repeats,
         "beam_width": BEAM_WIDTH,
+        "tools_precision": tools_choice,
         "results": rows,
         "agreement_with_tfa": agree,
     }

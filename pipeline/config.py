@@ -83,12 +83,15 @@ class ModelConfig:
     coverage_penalty: float = _field(0.0, "GNMT coverage penalty weight (0 disables).")
     max_decode_length: int = _field(80, "Longest translation in pieces.")
     export_precision: str = _field(
-        "float32",
-        "Matrix products of the exported SavedModel's search: 'float32' (full speed on any "
-        "machine) or 'mixed_bfloat16' (bfloat16 products, float32 states and scores, as a "
-        "bfloat16 run's evaluation; faster where bfloat16 is native: CPUs with AVX512-BF16 or "
-        "AMX, TPUs, GPUs of compute capability 8.0 and up; emulated and slower elsewhere). "
-        "Needs the fused search (Luong attention, no layer norm).",
+        "auto",
+        "Matrix products of the exported SavedModel's search: 'auto' (a float32 "
+        "serving_default and, where the fused search covers the model, a serving_bfloat16 "
+        "signature; nmt-translate and nmt-evaluate take bfloat16 where the host computes it "
+        "natively: CPUs with AVX512-BF16 or AMX, GPUs of compute capability 8.0 and up; the "
+        "weights saved once), 'float32' (serving_default alone, full speed on any machine) or "
+        "'mixed_bfloat16' (serving_default alone in bfloat16 products, float32 states and "
+        "scores; emulated and slower where bfloat16 is not native; needs the fused search: "
+        "Luong attention, no layer norm).",
     )
     decode_slots: int = _field(
         32,
@@ -334,7 +337,7 @@ _CHOICES = {
     ("train", "decay"): ("constant", "rsqrt"),
     ("train", "sampling_schedule"): ("constant", "linear", "exponential", "inverse_sigmoid"),
     ("train", "mixed_precision"): ("auto", "float32", "", "mixed_bfloat16", "mixed_float16"),
-    ("model", "export_precision"): ("float32", "mixed_bfloat16"),
+    ("model", "export_precision"): ("auto", "float32", "mixed_bfloat16"),
     ("train", "sampling_mode"): ("parallel", "sequential"),
     ("train", "nonfinite"): ("skip", "stop"),
     ("runtime", "strategy"): ("auto", "tpu", "multi_worker_mirrored", "mirrored", "one_device"),

@@ -29,6 +29,7 @@ _BATCH = flags.DEFINE_integer(
 _STREAMS = flags.DEFINE_integer(
     "streams", serving.DEFAULT_STREAMS, "Batches decoded at once (threads).", lower_bound=1
 )
+_PRODUCTS = flags.DEFINE_enum("precision", "auto", serving.PRODUCTS, serving.PRODUCTS_HELP)
 flags.mark_flag_as_required("model")
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Preprocessed dataset to read --split from.")
@@ -109,7 +110,7 @@ def main(argv):
     serving.share_cores(_STREAMS.value)
     try:
         sources, references, inputs = _read_inputs()
-        translator = serving.load_translator(_MODEL.value)
+        translator = serving.load_translator(_MODEL.value, _PRODUCTS.value)
     except (serving.TranslationError, metadata_lib.DatasetError) as e:
         raise app.UsageError(str(e)) from None
     translations = serving.translate(translator, sources, _BATCH.value, streams=_STREAMS.value)
@@ -123,7 +124,11 @@ def main(argv):
             f.write("".join(h + "\n" for h in hypotheses))
     if _RESULTS_JSON.value:
         with tf.io.gfile.GFile(_RESULTS_JSON.value, "w") as f:
-            json.dump({"model": _MODEL.value, **inputs, **scores}, f, indent=2)
+            json.dump(
+                {"model": _MODEL.value, "products": translator.products, **inputs, **scores},
+                f,
+                indent=2,
+            )
 
 
 def run():

@@ -12,6 +12,7 @@ in float32, for the user to opt into with 'mixed_float16'.
 from typing import NamedTuple
 
 CPU_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
+AUTO = "auto"
 FLOAT32 = "float32"
 BFLOAT16 = "mixed_bfloat16"
 FLOAT16 = "mixed_float16"
@@ -50,7 +51,7 @@ def choose(requested: str, accelerator: str, flags=frozenset(), gpu_capability=N
     Returns:
       A `Choice`.
     """
-    if requested != "auto":
+    if requested != AUTO:
         policy = requested or FLOAT32
         return Choice(policy, f"{policy}: set by train.mixed_precision")
     if accelerator == "tpu":

@@ -1,8 +1,8 @@
 """Load an exported SavedModel and translate with it: shared by nmt-translate and nmt-evaluate.
 
 Imports only TensorFlow and TF Text (whose ops the graph uses), never the model code, so it shows
-what any serving system needs to run an export (`pipeline.console`, for progress lines, is plain
-Python).
+what any serving system needs to run an export (`pipeline.console`, for progress lines, and
+`trainer.precision`, which says where bfloat16 is native, are plain Python).
 """
 
 import concurrent.futures
@@ -15,6 +15,7 @@ import tensorflow_text  # noqa: F401  (registers the tokenizer ops the SavedMode
 from absl import logging
 
 from pipeline import console
+from trainer import precision
 
 # Must match pipeline.features.SCHEMA_VERSION and trainer/export.py's EXPORT_INFO; kept literal
 # so serving code stays independent of the training code.
@@ -22,6 +23,13 @@ SCHEMA_VERSION = 1
 EXPORT_INFO = "export_info.json"
 SIGNATURE = "serving_default"
 LENGTHS_SIGNATURE = "source_lengths"  # trainer/export.py's LENGTHS_SIGNATURE
+# The matrix products a tool may ask of an export's search.
+PRODUCTS = ("auto", "float32", "bfloat16")
+PRODUCTS_HELP = (
+    "Matrix products of the search: 'auto' runs the export's bfloat16 search where this host "
+    "computes bfloat16 natively (a CPU with AVX512-BF16 or AMX, a GPU of compute capability "
+    "8.0 and up) and the export has one, else its float32 search."
+)
 # Sentences whose pieces are counted in one call of LENGTHS_SIGNATURE.
 _COUNT_CHUNK = 4096
 # Batches decoded at once. One decode is a loop of small ops, single-threaded between its matrix
@@ -47,28 +55,71 @@ class TranslationError(RuntimeError):
 
 
 class ExportSignatures(NamedTuple):
-    """An export's signatures: `translate` (raw strings in and out) and `source_lengths`
-    (raw strings -> source pieces; None in exports made before it)."""
+    """An export's signatures: `translate` (raw strings in and out), `source_lengths` (raw
+    strings -> source pieces; None in exports made before it), and the `products` (float32 or
+    bfloat16) `translate` multiplies in."""
 
     translate: object
     source_lengths: object
+    products: str
 
 
-def load_translator(model_dir: str) -> ExportSignatures:
-    """Loads the export's signatures after checking its schema version."""
+def host_choice() -> precision.Choice:
+    """Whether this host computes bfloat16 natively, decided as training's 'auto' decides it."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+        return precision.choose(precision.AUTO, "gpu", gpu_capability=capability)
+    return precision.choose(precision.AUTO, "cpu", flags=precision.cpu_flags())
+
+
+def _products(policy: str) -> str:
+    return "bfloat16" if policy == precision.BFLOAT16 else "float32"
+
+
+def choose_signature(signature_precisions: dict, products: str, host: precision.Choice):
+    """(signature name, its products) for `products` ('auto', 'float32' or 'bfloat16') among
+    an export's `signature_precisions` (name -> Keras policy): 'auto' takes bfloat16 where
+    the `host` choice is bfloat16 and the export has it, else `serving_default`."""
+    by_products = {_products(policy): name for name, policy in signature_precisions.items()}
+    if products == "auto":
+        if host.is_mixed and "bfloat16" in by_products:
+            return by_products["bfloat16"], "bfloat16"
+        return SIGNATURE, _products(signature_precisions[SIGNATURE])
+    if products not in by_products:
+        raise TranslationError(
+            f"the export has no {products} search (it has: {', '.join(sorted(by_products))}); "
+            "export with model.export_precision=auto for both."
+        )
+    return by_products[products], products
+
+
+def load_translator(model_dir: str, products: str = "auto") -> ExportSignatures:
+    """Loads the export's signatures after checking its schema version; `products` chooses
+    its search (`choose_signature`)."""
     if not tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
         raise TranslationError(f"{model_dir} is not an exported model (no saved_model.pb).")
     info_path = os.path.join(model_dir, EXPORT_INFO)
+    info = {}
     if tf.io.gfile.exists(info_path):
         with tf.io.gfile.GFile(info_path) as f:
-            version = json.load(f).get("schema_version")
-        if version != SCHEMA_VERSION:
+            info = json.load(f)
+        if info.get("schema_version") != SCHEMA_VERSION:
             raise TranslationError(
-                f"{model_dir} was exported with schema version {version}; this tool reads "
-                f"{SCHEMA_VERSION}. Re-export the model with this version."
+                f"{model_dir} was exported with schema version {info.get('schema_version')}; "
+                f"this tool reads {SCHEMA_VERSION}. Re-export the model with this version."
             )
+    # Exports made before the bfloat16 signature name their one search's policy.
+    precisions = info.get("signature_precisions") or {
+        SIGNATURE: info.get("precision", precision.FLOAT32)
+    }
+    try:
+        name, products = choose_signature(precisions, products, host_choice())
+    except TranslationError as e:
+        raise TranslationError(f"{model_dir}: {e}") from None
+    logging.info("%s: searching with %s products (signature %s).", model_dir, products, name)
     signatures = tf.saved_model.load(model_dir).signatures
-    return ExportSignatures(signatures[SIGNATURE], signatures.get(LENGTHS_SIGNATURE))
+    return ExportSignatures(signatures[name], signatures.get(LENGTHS_SIGNATURE), products)
 
 
 def length_order(sentences: list[str], source_lengths=None) -> list[int]:

@@ -24,6 +24,7 @@ _BATCH = flags.DEFINE_integer(
 _STREAMS = flags.DEFINE_integer(
     "streams", serving.DEFAULT_STREAMS, "Batches decoded at once (threads).", lower_bound=1
 )
+_PRODUCTS = flags.DEFINE_enum("precision", "auto", serving.PRODUCTS, serving.PRODUCTS_HELP)
 _NBEST = flags.DEFINE_integer(
     "n_best", 1, "Write the n best hypotheses per sentence, tab-separated."
 )
@@ -51,7 +52,7 @@ def main(argv):
     try:
         sentences = _read_sentences(argv[1:])
         serving.share_cores(_STREAMS.value, calls=-(-len(sentences) // _BATCH.value))
-        translator = serving.load_translator(_MODEL.value)
+        translator = serving.load_translator(_MODEL.value, _PRODUCTS.value)
     except serving.TranslationError as e:
         raise app.UsageError(str(e)) from None
     out = tf.io.gfile.GFile(_OUTPUT.value, "w") if _OUTPUT.value else sys.stdout

@@ -64,8 +64,11 @@ def test_split_mode_prints_scores_with_sacrebleu_signatures(test_split_scores, s
     assert lines[0] == "40 sentences"
     assert lines[1].startswith(f"BLEU = {results['bleu']:.2f}  {BLEU_SIGNATURE}")
     assert lines[2].startswith(f"chrF = {results['chrf']:.2f}  {CHRF_SIGNATURE}")
+    # The export holds both searches; the tool took the one this host computes natively.
+    host_products = "bfloat16" if serving.host_choice().is_mixed else "float32"
     assert results == {
         "model": results["model"],
+        "products": host_products,
         "data_dir": small_dataset.root,
         "split": "test",
         **evaluation.corpus_scores(hypotheses, references),

@@ -7,13 +7,16 @@ The fused searches keep states and scores in float32 and only multiply in bfloat
 evaluation during training runs them on the training model itself (`Trainer.search_model()`).
 """
 
+import dataclasses
+import pathlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from pipeline import config as config_lib
 from tests import dataset_fixture
-from trainer import data, export, train_loop
+from trainer import data, export, precision, serving, train_loop
 
 SOURCE_IDS = tf.constant([[5, 6, 7, 3], [8, 3, 0, 0]])
 SOURCE_LENGTHS = tf.constant([4, 2])
@@ -129,7 +132,7 @@ def test_a_bfloat16_export_searches_as_bfloat16_evaluation_does(small_dataset, t
             rng = np.random.default_rng(1)
             for variable in trainer.model.trainable_variables:
                 variable.assign_add(rng.normal(0, 0.3, variable.shape).astype(np.float32))
-            exported = trainer.export_model()
+            exported = trainer.export_model(precision.BFLOAT16)
             assert exported.attention_layer.compute_dtype == "bfloat16"
             assert (exported is trainer.model) == (policy == "mixed_bfloat16")
             for ours, theirs in zip(exported.variables, trainer.model.variables, strict=True):
@@ -145,6 +148,78 @@ def test_a_bfloat16_export_searches_as_bfloat16_evaluation_does(small_dataset, t
             assert not np.array_equal(scores, float32_scores.numpy()[:, 0])
         finally:
             tf.keras.mixed_precision.set_global_policy("float32")
+
+
+def test_the_default_export_holds_a_float32_and_a_bfloat16_search(small_dataset, tmp_path):
+    """`model.export_precision=auto` (the default): `serving_default` is the float32 export's
+    search and `serving_bfloat16` the bfloat16 export's, to the last bit of their scores;
+    the loader takes the one the host (or `products`) asks for, and the weights are saved once."""
+    sentences = ["Click OK.", "Select a cell in the table.", "Open the file."]
+    cfg = _mixed_cfg(small_dataset.root, "float32")
+    assert cfg.model.export_precision == "auto"
+    tf.keras.utils.set_random_seed(0)
+    trainer = train_loop.Trainer(cfg, str(tmp_path), tf.distribute.get_strategy())
+    rng = np.random.default_rng(1)
+    for variable in trainer.model.trainable_variables:  # away from near-uniform logits
+        variable.assign_add(rng.normal(0, 0.3, variable.shape).astype(np.float32))
+    both = export.export_saved_model(trainer, str(tmp_path / "both"))
+    signatures = tf.saved_model.load(both).signatures
+    assert set(signatures) == {
+        export.SERVING_SIGNATURE,
+        export.BFLOAT16_SIGNATURE,
+        export.LENGTHS_SIGNATURE,
+    }
+    for name, policy, products in (
+        (export.SERVING_SIGNATURE, precision.FLOAT32, "float32"),
+        (export.BFLOAT16_SIGNATURE, precision.BFLOAT16, "bfloat16"),
+    ):
+        alone = export.export_saved_model(trainer, str(tmp_path / policy), products=policy)
+        expected = tf.saved_model.load(alone).signatures[export.SERVING_SIGNATURE]
+        inputs = tf.constant(sentences)
+        np.testing.assert_array_equal(
+            signatures[name](sources=inputs)["scores"].numpy(),
+            expected(sources=inputs)["scores"].numpy(),
+        )
+        translator = serving.load_translator(both, products=products)
+        assert translator.products == products
+        np.testing.assert_array_equal(
+            translator.translate(sources=inputs)["scores"].numpy(),
+            expected(sources=inputs)["scores"].numpy(),
+        )
+    with pytest.raises(serving.TranslationError, match="has no bfloat16 search"):
+        serving.load_translator(str(tmp_path / precision.FLOAT32), products="bfloat16")
+    # The bfloat16 twin searches over the model's own variables: the weights are saved once.
+    assert _weight_bytes(both) < 1.01 * _weight_bytes(tmp_path / precision.FLOAT32)
+
+
+def _weight_bytes(export_dir) -> int:
+    return sum(f.stat().st_size for f in (pathlib.Path(export_dir) / "variables").iterdir())
+
+
+def test_loaders_take_bfloat16_only_where_the_host_computes_it():
+    """Pure: `serving.choose_signature` against host choices and exports of one or both
+    searches (an export from before the bfloat16 signature names one policy)."""
+    native = precision.choose("auto", "cpu", flags=frozenset({"avx512_bf16"}))
+    emulated = precision.choose("auto", "cpu", flags=frozenset({"avx512f"}))
+    ampere = precision.choose("auto", "gpu", gpu_capability=(8, 0))
+    both = export.signature_precisions(_tiny_model_cfg())
+    assert both == {"serving_default": "float32", "serving_bfloat16": "mixed_bfloat16"}
+    choose = serving.choose_signature
+    assert choose(both, "auto", native) == ("serving_bfloat16", "bfloat16")
+    assert choose(both, "auto", ampere) == ("serving_bfloat16", "bfloat16")
+    assert choose(both, "auto", emulated) == ("serving_default", "float32")
+    assert choose(both, "float32", native) == ("serving_default", "float32")
+    assert choose(both, "bfloat16", emulated) == ("serving_bfloat16", "bfloat16")
+    only_bfloat16 = {"serving_default": "mixed_bfloat16"}
+    assert choose(only_bfloat16, "auto", emulated) == ("serving_default", "bfloat16")
+    with pytest.raises(serving.TranslationError, match="no float32 search"):
+        choose(only_bfloat16, "float32", native)
+    tfa_decoded = dataclasses.replace(_tiny_model_cfg(), layer_norm=True)
+    assert export.signature_precisions(tfa_decoded) == {"serving_default": "float32"}
+
+
+def _tiny_model_cfg():
+    return config_lib.get_experiment("attention_seq2seq/tiny").model
 
 
 def test_a_bfloat16_export_of_a_tfa_decoded_model_is_a_config_error(small_dataset, tmp_path):

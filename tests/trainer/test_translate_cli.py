@@ -100,6 +100,26 @@ def test_model_of_another_schema_version_is_refused(export_dir, tmp_path):
     assert "Re-export the model" in result.stderr
 
 
+def test_precision_flag_picks_the_search(export_dir, from_args, tmp_path):
+    """Both searches of the default export translate; an export from before the bfloat16
+    signature (its info names one policy) has none to give, and says so."""
+    for products in ("float32", "bfloat16"):
+        result = _translate(f"--model={export_dir}", f"--precision={products}", *SENTENCES)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert len(result.stdout.splitlines()) == len(SENTENCES)
+    older = tmp_path / "export_float32_only"
+    shutil.copytree(export_dir, older)
+    info_path = older / export.EXPORT_INFO
+    info = json.loads(info_path.read_text())
+    del info["signature_precisions"]
+    info_path.write_text(json.dumps(info))
+    result = _translate(f"--model={older}", "--precision=bfloat16", "Click OK.")
+    assert result.returncode != 0
+    assert f"{older}: the export has no bfloat16 search (it has: float32)" in result.stderr
+    result = _translate(f"--model={older}", "Click OK.")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_saved_model_cli_shows_and_runs_the_signature(export_dir, from_args, tmp_path):
     """`show` needs nothing else; `run` needs TF Text's ops registered in its process.
 
