@@ -81,6 +81,7 @@ from trainer import (  # noqa: E402
     evaluate_main,
     evaluation,
     export,
+    precision,
     serving,
     train_loop,
 )
@@ -240,8 +241,9 @@ def saved_model_variants(trainer, sources, call_size, export_root: str) -> list[
     `call_size` sentences at a time (the exports stay in `export_root` while timed)."""
     variants = []
     for name, width in (("greedy", 1), (f"beam{BEAM_WIDTH}", BEAM_WIDTH)):
+        # `auto` whatever the run's config says (one written before it was the default).
         export_dir = export.export_saved_model(
-            trainer, os.path.join(export_root, name), beam_width=width
+            trainer, os.path.join(export_root, name), beam_width=width, products=precision.AUTO
         )
         for products in ("float32", "bfloat16"):
             try:
