@@ -126,6 +126,11 @@ def _eval_records(layout: paths.RunLayout) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _this_runs(records: list[dict], earlier: list[dict]) -> list[dict]:
+    """The `records` a run added to a history that held `earlier` when it started."""
+    return [r for r in records if r not in earlier]
+
+
 def _dev_evaluation_seconds(records: list[dict]) -> float:
     """Seconds the trainer spent on dev evaluation (loss and BLEU) in `records`."""
     return sum(r.get("seconds", 0.0) for r in records if r.get("split") == "dev")
@@ -141,8 +146,9 @@ def main(argv=None) -> None:
     data_layout = paths.DatasetLayout(os.path.join(args.run_dir, "data"))
     run_layout = paths.RunLayout(os.path.join(args.run_dir, "model"))
     times = {"preprocess": _preprocess(args, stages, data_layout)}
-    # A resumed run appends to the history; its share counts only this run's evaluations.
-    earlier_evaluations = len(_eval_records(run_layout))
+    # The share counts only this run's evaluations: a resumed run appends to the history and a
+    # restarted one truncates it (to the step it restores), so compare records, not counts.
+    earlier_evaluations = _eval_records(run_layout)
     times["train"] = _train(args, stages, data_layout.root, run_layout.root)
     translations, times["translate"] = _translate(stages, run_layout.export)
     with open(os.path.join(run_layout.root, "test_results.json"), encoding="utf-8") as f:
@@ -160,7 +166,7 @@ def main(argv=None) -> None:
     stage_times = "  ".join(f"{k} {v:.0f}s" for k, v in times.items())
     print(f"time: {stage_times}  total {time.time() - started:.0f}s")
     budget = args.train_minutes * 60
-    evaluation = _dev_evaluation_seconds(_eval_records(run_layout)[earlier_evaluations:])
+    evaluation = _dev_evaluation_seconds(_this_runs(_eval_records(run_layout), earlier_evaluations))
     print(
         f"dev evaluation during training: {evaluation:.0f}s, "
         f"{100 * evaluation / budget:.1f}% of the {budget:.0f}s training budget"
