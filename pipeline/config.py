@@ -447,6 +447,9 @@ RESUME_SAFE_FIELDS = frozenset(
         "train.eval_loss_sentences",
         "train.test_sentences",
         "model.encoder_lstm",
+        # What the export holds, not what trains or evaluates (runs saved before 'auto' was
+        # the default name 'float32').
+        "model.export_precision",
         "runtime.strategy",
         "runtime.cpu_replicas",
         "runtime.tpu",

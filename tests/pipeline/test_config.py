@@ -82,6 +82,17 @@ def test_resume_conflicts_ignore_safe_fields_and_name_unsafe_ones():
     assert config.resume_conflicts(saved, new) == ["model.units: 32 -> 64"]
 
 
+def test_a_run_saved_with_a_float32_export_resumes_under_the_auto_default():
+    """Runs saved before `model.export_precision=auto` was the default name float32; the
+    export's signatures do not change what trains, so resuming them is no conflict."""
+    saved = config.build_config(
+        "attention_seq2seq/tiny", params_override="model.export_precision=float32"
+    )
+    new = config.get_experiment("attention_seq2seq/tiny")
+    assert new.model.export_precision == "auto"
+    assert config.resume_conflicts(saved, new) == []
+
+
 def test_missing_or_malformed_config_file_is_named(tmp_path):
     missing = str(tmp_path / "nope.yaml")
     with pytest.raises(config.ConfigError, match="nope.yaml does not exist"):
