@@ -77,10 +77,11 @@ def _products(policy: str) -> str:
     return "bfloat16" if policy == precision.BFLOAT16 else "float32"
 
 
-def choose_signature(signature_precisions: dict, products: str, host: precision.Choice):
+def choose_signature(signature_precisions: dict, products: str, host: precision.Choice | None):
     """(signature name, its products) for `products` ('auto', 'float32' or 'bfloat16') among
     an export's `signature_precisions` (name -> Keras policy): 'auto' takes bfloat16 where
-    the `host` choice is bfloat16 and the export has it, else `serving_default`."""
+    the `host` choice (read for 'auto' only) is bfloat16 and the export has it, else
+    `serving_default`."""
     by_products = {_products(policy): name for name, policy in signature_precisions.items()}
     if products == "auto":
         if host.is_mixed and "bfloat16" in by_products:
@@ -114,7 +115,8 @@ def load_translator(model_dir: str, products: str = "auto") -> ExportSignatures:
         SIGNATURE: info.get("precision", precision.FLOAT32)
     }
     try:
-        name, products = choose_signature(precisions, products, host_choice())
+        host = host_choice() if products == "auto" else None  # only 'auto' asks the host
+        name, products = choose_signature(precisions, products, host)
     except TranslationError as e:
         raise TranslationError(f"{model_dir}: {e}") from None
     logging.info("%s: searching with %s products (signature %s).", model_dir, products, name)
