@@ -2,6 +2,7 @@
 saves and resumes; a worker killed with SIGKILL fails the whole job fast, naming the worker;
 and the job restarted after both ends bit-identical to an uninterrupted one."""
 
+import contextlib
 import json
 import os
 import signal
@@ -73,17 +74,37 @@ def _worker_process(launcher_pid, index):
     raise AssertionError(f"worker {index} not found under the launcher")
 
 
+@contextlib.contextmanager
+def _paused(processes):
+    """Stops `processes` (SIGSTOP) for the block, so that a signal sent meanwhile lands at a known
+    step whatever the machine's load; SIGCONT after."""
+    for process in processes:
+        process.suspend()
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.resume()
+
+
 def test_sigterm_then_a_killed_worker_then_restart_ends_bit_identical(
     small_dataset, tmp_path, reference
 ):
     """One job interrupted twice, each interruption checked as it happens: SIGTERM to the
     cluster (it saves where it stops and exits 143), then, in the resumed job, a worker killed
     with SIGKILL (the job fails fast, naming it), then a restart to the end. State lost or
-    misplaced by either resume would carry into the final losses and weights."""
+    misplaced by either resume would carry into the final losses and weights.
+
+    The workers are paused while the launcher forwards the SIGTERM (a tiny-config step takes
+    ~50 ms, less than the launcher's poll), so the stop lands a step or two later on any load."""
     model_dir = str(tmp_path / "run")
     process = _start(cluster.launch_argv(small_dataset.root, model_dir))
-    _wait_for_step(process, model_dir, 4)
-    process.send_signal(signal.SIGTERM)
+    _wait_for_step(process, model_dir, 1)
+    workers = [_worker_process(process.pid, 0), _worker_process(process.pid, 1)]
+    _wait_for_step(process, model_dir, 2)
+    with _paused(workers):
+        process.send_signal(signal.SIGTERM)
+        time.sleep(1.0)  # the launcher polls every 0.1 s and forwards to both workers
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 143, output[-4000:]
     assert "[worker 0]" in output and "Stop requested at step" in output
@@ -93,7 +114,7 @@ def test_sigterm_then_a_killed_worker_then_restart_ends_bit_identical(
     assert checkpoint.endswith(f"ckpt-{stopped}")
 
     process = _start(cluster.launch_argv(small_dataset.root, model_dir))
-    _wait_for_step(process, model_dir, stopped + 2)
+    _wait_for_step(process, model_dir, stopped + 1)
     _worker_process(process.pid, 1).kill()
     killed_at = time.time()
     output, _ = process.communicate(timeout=90)
