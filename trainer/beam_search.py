@@ -266,7 +266,7 @@ def _first(queued: _Queue, fresh):
     return fresh(tf.range(count)), count
 
 
-def _refill(flight, going, queued: _Queue, fresh):
+def _refill(flight, going, queued: _Queue, fresh, memory: decoder_step.Memory):
     """The loop state without the sentences not `going`, topped up from the queue: a gather
     and a concatenation only on steps where a sentence left (not a copy of every state and
     memory each step).
@@ -276,6 +276,7 @@ def _refill(flight, going, queued: _Queue, fresh):
       going: [b] bool, the sentences that stay.
       queued: the sentences not yet started.
       fresh: rows [n] -> the loop state of those sentences before their first step.
+      memory: the whole batch's encoded memory, whose `flight.rows` the flight holds.
 
     Returns:
       (the new loop state, the new `queued.next_row`).
@@ -283,12 +284,15 @@ def _refill(flight, going, queued: _Queue, fresh):
 
     def refill():
         keep = tf.cast(tf.where(going)[:, 0], tf.int32)
-        kept = tf.nest.map_structure(lambda x: tf.gather(x, keep), flight)
+        kept = tf.nest.map_structure(lambda x: tf.gather(x, keep), flight._replace(memory=()))
         count = tf.maximum(
             tf.minimum(queued.slots - tf.size(keep), queued.total - queued.next_row), 0
         )
-        added = fresh(tf.range(queued.next_row, queued.next_row + count))
+        added = fresh(tf.range(queued.next_row, queued.next_row + count))._replace(memory=())
         joined = tf.nest.map_structure(lambda a, b: tf.concat([a, b], axis=0), kept, added)
+        # The memory, the largest part of the state ([b, S, U] keys and values), in one gather
+        # of the joined rows from the batch's: half the copies of its rows kept then joined.
+        joined = joined._replace(memory=decoder_step.gather(memory, joined.rows, batch_dims=0))
         return joined, queued.next_row + count
 
     return tf.cond(tf.reduce_all(going), lambda: (flight, queued.next_row), refill)
@@ -394,7 +398,7 @@ def beam_search(
         beams = _advance(beams, step_log_probs, tokens, alignment, options)
         longest = tf.maximum(longest, tf.reduce_max(beams.positions))
         results, going = _retire(beams, results, options, max_length)
-        beams, next_row = _refill(beams, going, queued._replace(next_row=next_row), fresh)
+        beams, next_row = _refill(beams, going, queued._replace(next_row=next_row), fresh, memory)
         return longest, next_row, beams, results
 
     longest, _, _, results = tf.while_loop(
@@ -451,7 +455,8 @@ def greedy_decode(
     """
     weights = decoder_step.step_weights(seq2seq, seq2seq.attention_layer.compute_dtype)
     project = seq2seq.projection.precast()
-    fresh = _fresh_greedy(seq2seq, decoder_step.encode(seq2seq, source_ids, source_lengths))
+    memory = decoder_step.encode(seq2seq, source_ids, source_lengths)
+    fresh = _fresh_greedy(seq2seq, memory)
     queued = _queue(source_ids, slots)
     greedy, next_row = _first(queued, fresh)
     batch = queued.total
@@ -476,7 +481,7 @@ def greedy_decode(
             tokens=tokens[:, None], state=state, positions=greedy.positions + 1
         )
         going = tf.logical_and(tf.not_equal(tokens, EOS), greedy.positions < max_length)
-        greedy, next_row = _refill(greedy, going, queued._replace(next_row=next_row), fresh)
+        greedy, next_row = _refill(greedy, going, queued._replace(next_row=next_row), fresh, memory)
         return next_row, greedy, ids, summed
 
     _, _, ids, summed = tf.while_loop(
