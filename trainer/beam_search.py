@@ -260,10 +260,17 @@ def _queue(source_ids, slots) -> _Queue:
     return _Queue(tf.constant(0), total, total if slots is None else tf.convert_to_tensor(slots))
 
 
-def _first(queued: _Queue, fresh):
+def _with_memory(flight, memory: decoder_step.Memory):
+    """`flight` with its rows of the batch's encoded `memory`, in one gather: the largest part
+    of the state ([b, S, U] keys and values), gathered once for the rows in flight rather than
+    kept rows gathered and then joined."""
+    return flight._replace(memory=decoder_step.gather(memory, flight.rows, batch_dims=0))
+
+
+def _first(queued: _Queue, fresh, memory: decoder_step.Memory):
     """The flight before the first step and the next waiting row: the first `slots` sentences."""
     count = tf.minimum(queued.slots, queued.total)
-    return fresh(tf.range(count)), count
+    return _with_memory(fresh(tf.range(count)), memory), count
 
 
 def _refill(flight, going, queued: _Queue, fresh, memory: decoder_step.Memory):
@@ -275,7 +282,8 @@ def _refill(flight, going, queued: _Queue, fresh, memory: decoder_step.Memory):
       flight: a loop state (`_Beams` or `_Greedy`) whose every tensor is [b, ...].
       going: [b] bool, the sentences that stay.
       queued: the sentences not yet started.
-      fresh: rows [n] -> the loop state of those sentences before their first step.
+      fresh: rows [n] -> the loop state of those sentences before their first step, without
+        their memory.
       memory: the whole batch's encoded memory, whose `flight.rows` the flight holds.
 
     Returns:
@@ -288,12 +296,9 @@ def _refill(flight, going, queued: _Queue, fresh, memory: decoder_step.Memory):
         count = tf.maximum(
             tf.minimum(queued.slots - tf.size(keep), queued.total - queued.next_row), 0
         )
-        added = fresh(tf.range(queued.next_row, queued.next_row + count))._replace(memory=())
+        added = fresh(tf.range(queued.next_row, queued.next_row + count))
         joined = tf.nest.map_structure(lambda a, b: tf.concat([a, b], axis=0), kept, added)
-        # The memory, the largest part of the state ([b, S, U] keys and values), in one gather
-        # of the joined rows from the batch's: half the copies of its rows kept then joined.
-        joined = joined._replace(memory=decoder_step.gather(memory, joined.rows, batch_dims=0))
-        return joined, queued.next_row + count
+        return _with_memory(joined, memory), queued.next_row + count
 
     return tf.cond(tf.reduce_all(going), lambda: (flight, queued.next_row), refill)
 
@@ -302,7 +307,8 @@ def _fresh_beams(
     seq2seq, memory: decoder_step.Memory, beam_width: int, max_length: int, coverage: bool
 ):
     """rows -> the loop state of those sentences before their first step: one live beam per
-    sentence, the rest empty, and their rows of the batch's encoded `memory`."""
+    sentence, the rest empty; their memory is left out (`_with_memory`), `memory` gives the
+    coverage's source width."""
     first = tf.range(beam_width) == 0
     source_width = tf.shape(memory.values)[1] if coverage else 0
 
@@ -323,7 +329,7 @@ def _fresh_beams(
             sequences=tf.fill([batch, beam_width, max_length], EOS),
             coverage=tf.zeros([batch, beam_width, source_width], _FLOAT),
             state=decoder_step.initial_state(batch, beam_width, seq2seq),
-            memory=decoder_step.gather(memory, rows, batch_dims=0),
+            memory=(),
         )
 
     return fresh
@@ -380,7 +386,7 @@ def beam_search(
     memory = decoder_step.encode(seq2seq, source_ids, source_lengths)
     fresh = _fresh_beams(seq2seq, memory, beam_width, max_length, bool(options.coverage_weight))
     queued = _queue(source_ids, slots)
-    beams, next_row = _first(queued, fresh)
+    beams, next_row = _first(queued, fresh, memory)
     batch = queued.total
     results = _Results(
         ids=tf.fill([batch, beam_width, max_length], EOS),
@@ -425,8 +431,9 @@ class _Greedy(NamedTuple):
     memory: decoder_step.Memory
 
 
-def _fresh_greedy(seq2seq, memory: decoder_step.Memory):
-    """rows -> the greedy loop state of those sentences before their first step."""
+def _fresh_greedy(seq2seq):
+    """rows -> the greedy loop state of those sentences before their first step, without their
+    memory (`_with_memory`)."""
 
     def fresh(rows):
         batch = tf.size(rows)
@@ -435,7 +442,7 @@ def _fresh_greedy(seq2seq, memory: decoder_step.Memory):
             positions=tf.zeros([batch], tf.int32),
             tokens=tf.fill([batch, 1], vocab_lib.BOS_ID),
             state=decoder_step.initial_state(batch, 1, seq2seq),
-            memory=decoder_step.gather(memory, rows, batch_dims=0),
+            memory=(),
         )
 
     return fresh
@@ -456,9 +463,9 @@ def greedy_decode(
     weights = decoder_step.step_weights(seq2seq, seq2seq.attention_layer.compute_dtype)
     project = seq2seq.projection.precast()
     memory = decoder_step.encode(seq2seq, source_ids, source_lengths)
-    fresh = _fresh_greedy(seq2seq, memory)
+    fresh = _fresh_greedy(seq2seq)
     queued = _queue(source_ids, slots)
-    greedy, next_row = _first(queued, fresh)
+    greedy, next_row = _first(queued, fresh, memory)
     batch = queued.total
     ids = tf.fill([batch, max_length], EOS)
     summed = tf.zeros([batch], _FLOAT)
